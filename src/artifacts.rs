@@ -1,0 +1,213 @@
+//! The model folder: `model.safetensors`, `model.json` and `metrics.json`, each written to a
+//! temporary name, flushed to disk and renamed, so that nothing half-written ever looks
+//! complete (SageMaker tars whatever is there when the container exits).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::config::TrainConfig;
+use crate::metrics::Metrics;
+use crate::model::{self, Mlp};
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const MODEL_FILE: &str = "model.json";
+pub const METRICS_FILE: &str = "metrics.json";
+/// Bumped when `model.json`'s meaning changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a dataset came from, recorded so a model says what it learned from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub source: String,
+    pub samples: usize,
+    pub fingerprint: String,
+}
+
+/// `model.json`: everything needed to use the weights without this program's source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub format_version: u32,
+    pub architecture: Architecture,
+    pub input: InputSpec,
+    pub class_names: Vec<String>,
+    pub hyperparameters: serde_json::Value,
+    pub versions: Versions,
+    pub data: std::collections::BTreeMap<String, DataRecord>,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Architecture {
+    /// `mlp`: dense layers with ReLU between them, softmax over the last.
+    pub kind: String,
+    /// Widths from input to output, e.g. `[784, 128, 10]`.
+    pub layer_sizes: Vec<usize>,
+    pub activation: String,
+    pub output: String,
+    /// How the tensors in the weights file are named and laid out.
+    pub weights: String,
+    pub parameters: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Image rows and columns.
+    pub shape: [usize; 2],
+    pub dtype: String,
+    /// Pixels are multiplied by this before the first layer.
+    pub scale: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    pub trainer: String,
+    pub tch: String,
+    pub libtorch: String,
+}
+
+impl ModelCard {
+    pub fn new(
+        cfg: &TrainConfig,
+        model: &Mlp,
+        shape: [usize; 2],
+        data: std::collections::BTreeMap<String, DataRecord>,
+        device: String,
+    ) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            architecture: Architecture {
+                kind: "mlp".into(),
+                layer_sizes: model.sizes().to_vec(),
+                activation: "relu".into(),
+                output: "softmax".into(),
+                weights: "layers.{i}.weight (out, in) and layers.{i}.bias (out), float32; \
+                          logits = x @ weight.T + bias"
+                    .into(),
+                parameters: model::param_count(model.sizes()),
+            },
+            input: InputSpec { shape, dtype: "uint8".into(), scale: 1.0 / 255.0 },
+            class_names: cfg.class_names.clone(),
+            hyperparameters: serde_json::to_value(cfg).expect("config serialises"),
+            versions: Versions {
+                trainer: env!("CARGO_PKG_VERSION").into(),
+                tch: "0.26.0".into(),
+                libtorch: "2.13.0".into(),
+            },
+            data,
+            device,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same folder, synced, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_name(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().with_context(|| format!("writing {}", tmp.display()))?;
+    commit(&tmp, path)
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Renames a finished temporary file into place and syncs the folder.
+fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    fs::rename(tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir).and_then(|d| d.sync_all()).ok();
+    }
+    Ok(())
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    write_atomic(path, &text)
+}
+
+/// Writes the whole model folder. Weights first and metrics last, so a folder with
+/// `metrics.json` is a complete one.
+pub fn write_model_dir(dir: &Path, model: &Mlp, card: &ModelCard, metrics: &Metrics) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp = temp_name(&weights);
+    let cpu: Vec<(String, Tensor)> =
+        model.named().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect();
+    Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).ok();
+    commit(&tmp, &weights)?;
+    write_json(&dir.join(MODEL_FILE), card)?;
+    write_json(&dir.join(METRICS_FILE), metrics)
+}
+
+/// Loads a model folder written by [`write_model_dir`].
+pub fn load_model_dir(dir: &Path, device: Device) -> Result<(Mlp, ModelCard)> {
+    let card_path = dir.join(MODEL_FILE);
+    let card: ModelCard = serde_json::from_slice(
+        &fs::read(&card_path).with_context(|| format!("reading {}", card_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", card_path.display()))?;
+    if card.format_version != FORMAT_VERSION {
+        bail!(
+            "{}: format_version {} is not {FORMAT_VERSION}, which this trainer reads",
+            card_path.display(),
+            card.format_version
+        );
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    let named = Tensor::read_safetensors(&weights)
+        .with_context(|| format!("reading {}", weights.display()))?;
+    let model = Mlp::from_named(&card.architecture.layer_sizes, &named, device)
+        .with_context(|| format!("loading {}", weights.display()))?;
+    Ok((model, card))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn model_dir_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig::default();
+        let model = Mlp::glorot(&model::layer_sizes(784, &[128], 10), 1, Device::Cpu);
+        let card = ModelCard::new(&cfg, &model, [28, 28], Default::default(), "cpu".into());
+        let metrics = Metrics {
+            epochs: vec![],
+            test: None,
+            early_stop: None,
+            data_load_seconds: 0.0,
+            train_seconds: 0.0,
+        };
+        write_model_dir(d.path(), &model, &card, &metrics).unwrap();
+        let (back, back_card) = load_model_dir(d.path(), Device::Cpu).unwrap();
+        assert!(back.flat.equal(&model.flat));
+        assert_eq!(back_card, card);
+        assert_eq!(back_card.architecture.parameters, 101_770);
+        let names: Vec<_> =
+            fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The command line: parse arguments, set up logging and signals, run the job, and turn its
+//! result into what SageMaker reads: exit code, `output/failure`, `output/success`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::artifacts::write_atomic;
+use crate::config::KEYS;
+use crate::contract::{Paths, DEFAULT_BASE_DIR};
+use crate::error::{is_user_error, Stopped};
+use crate::job::{self, Summary};
+
+/// Exit code for errors in the job's input (hyperparameters, channels, data).
+pub const EXIT_USER_ERROR: u8 = 1;
+/// Exit code for failures of the trainer or its environment.
+pub const EXIT_INTERNAL_ERROR: u8 = 2;
+/// Exit code after SIGTERM/SIGINT (128 + SIGTERM), as shells report a terminated process.
+pub const EXIT_STOPPED: u8 = 143;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "train",
+    version,
+    about = "SageMaker training container: trains a dense network on Fashion-MNIST-style IDX data with libtorch",
+    long_about = None,
+    after_long_help = after_help(),
+    after_help = "Run `train --help` for the whole contract and every hyperparameter."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// The contract's base folder; every path below derives from it.
+    #[arg(long, global = true, env = "SAGEMAKER_BASE_DIR", default_value = DEFAULT_BASE_DIR)]
+    base_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train (the default; SageMaker runs `IMAGE train`).
+    Train,
+}
+
+fn after_help() -> String {
+    let mut s = String::from(
+        "CONTRACT (all paths under --base-dir, default /opt/ml):
+  input/config/hyperparameters.json   string values, plain or JSON-encoded (keys below;
+                                      sagemaker_* and _tuning* keys are ignored)
+  input/config/inputdataconfig.json   channels: train (required), validation (optional,
+                                      scored every epoch), test (optional, scored at the end);
+                                      File or FastFile mode. No file: the installed
+                                      Fashion-MNIST in /usr/share/datasets/fashion-mnist
+  input/config/resourceconfig.json    hosts; only hosts[0] trains and writes the model
+  input/data/<channel>/               one IDX images file and one IDX labels file, gzipped
+                                      or not, found by header in any sub-folder
+  model/                              model.safetensors, model.json, metrics.json
+  output/failure                      why a job failed (first line: ClientError or
+                                      InternalError); exit 1 for input errors, 2 otherwise,
+                                      143 when stopped by SIGTERM/SIGINT
+  output/success                      written when a job succeeds
+
+METRICS on stdout, one line per epoch and one for the test set:
+  metrics: epoch=1 learning_rate=0.001000 train_loss=0.498 train_accuracy=0.825 ...
+  (regexes for SageMaker MetricDefinitions: infra/metric-definitions.json)
+
+HYPERPARAMETERS:
+",
+    );
+    for (key, help) in KEYS {
+        s.push_str(&format!("  {key:<24} {help}\n"));
+    }
+    s.push_str(
+        "
+ENVIRONMENT:
+  SAGEMAKER_BASE_DIR   same as --base-dir
+  OMP_NUM_THREADS      CPU threads when the threads hyperparameter is 0
+  RUST_LOG             log filter (default info)",
+    );
+    s
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // CloudWatch shows raw bytes: colour only for a person at a terminal.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// SIGTERM (SageMaker's and `docker stop`'s) and SIGINT set `stop`; the loop checks it between
+/// steps. As PID 1 in a container, a process without handlers would ignore SIGTERM entirely.
+fn install_signal_handlers(stop: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(stop))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(which), sig as usize)?;
+    }
+    Ok(())
+}
+
+fn signal_name(sig: usize) -> &'static str {
+    match sig as i32 {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}
+
+/// Entry point of the `train` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let paths = Paths::new(&cli.base_dir);
+    match cli.command.unwrap_or(Command::Train) {
+        Command::Train => run_train(&paths),
+    }
+}
+
+fn run_train(paths: &Paths) -> ExitCode {
+    // A stale verdict from an earlier run in the same folder would contradict this one.
+    for stale in [paths.failure_file(), paths.success_file()] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicUsize::new(0));
+    let result = install_signal_handlers(&stop, &which).and_then(|()| job::run(paths, &stop));
+    match result {
+        Ok(Summary::Trained { test, model_dir }) => {
+            tracing::info!(
+                model = %model_dir.display(),
+                test_accuracy = test.map(|t| format!("{:.4}", t.accuracy)).unwrap_or_else(|| "-".into()),
+                "training job succeeded"
+            );
+            finish_ok(paths)
+        }
+        Ok(Summary::Skipped { host, leader }) => {
+            tracing::info!(%host, %leader, "nothing to do on this host; exiting cleanly");
+            finish_ok(paths)
+        }
+        Err(err) => {
+            let stopped = err.is::<Stopped>();
+            let (kind, code) = if stopped {
+                ("Stopped", EXIT_STOPPED)
+            } else if is_user_error(&err) {
+                ("ClientError", EXIT_USER_ERROR)
+            } else {
+                ("InternalError", EXIT_INTERNAL_ERROR)
+            };
+            let msg = if stopped {
+                format!(
+                    "stopped by {} before training finished; no model was written",
+                    signal_name(which.load(Ordering::Relaxed))
+                )
+            } else {
+                format!("{err:#}")
+            };
+            let line = format!("{kind}: {}", msg.replace('\n', " "));
+            tracing::error!("{line}");
+            eprintln!("{line}");
+            write_verdict(paths, "failure", &format!("{line}\n"));
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn finish_ok(paths: &Paths) -> ExitCode {
+    write_verdict(paths, "success", "");
+    ExitCode::SUCCESS
+}
+
+/// Writes `output/failure` or `output/success`; failing to is logged, never fatal on its own.
+fn write_verdict(paths: &Paths, name: &str, text: &str) {
+    let path = paths.output_dir().join(name);
+    let result = std::fs::create_dir_all(paths.output_dir())
+        .map_err(anyhow::Error::from)
+        .and_then(|()| write_atomic(&path, text.as_bytes()));
+    if let Err(e) = result {
+        tracing::error!("cannot write {}: {e:#}", path.display());
+    }
+}

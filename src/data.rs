@@ -1,0 +1,502 @@
+//! Data: IDX files (gzipped or not) → an in-memory [`Dataset`] of bytes.
+//!
+//! A channel folder is searched recursively, as an S3 prefix lays it out; images and labels are
+//! told apart by their IDX header, never by their names. Headers are not trusted: sizes are
+//! checked against the bytes that really arrive, so a header claiming 2^32 items cannot make us
+//! allocate gigabytes.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::error::user;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The largest payload we accept from one file (16 GiB): far above any real IDX file, far below
+/// what a corrupt header can claim.
+const MAX_PAYLOAD: u64 = 16 << 30;
+/// How deep a channel folder may nest.
+const MAX_DEPTH: usize = 16;
+
+/// What an IDX header says a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdxKind {
+    /// `count` images of `rows` × `cols` unsigned bytes.
+    Images { count: usize, rows: usize, cols: usize },
+    /// `count` unsigned-byte labels.
+    Labels { count: usize },
+}
+
+impl IdxKind {
+    fn payload_len(&self) -> Option<u64> {
+        match *self {
+            IdxKind::Images { count, rows, cols } => {
+                (count as u64).checked_mul(rows as u64)?.checked_mul(cols as u64)
+            }
+            IdxKind::Labels { count } => Some(count as u64),
+        }
+    }
+}
+
+impl fmt::Display for IdxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdxKind::Images { count, rows, cols } => write!(f, "{count} images of {rows}x{cols}"),
+            IdxKind::Labels { count } => write!(f, "{count} labels"),
+        }
+    }
+}
+
+/// Parses an IDX header from its first bytes; `Err` says why it is not one we can use.
+pub fn parse_header(bytes: &[u8]) -> std::result::Result<(IdxKind, usize), String> {
+    if bytes.len() < 4 {
+        return Err(format!("is too short for an IDX header ({} bytes)", bytes.len()));
+    }
+    if bytes[0] != 0 || bytes[1] != 0 {
+        return Err(format!(
+            "is not an IDX file (magic {:02x}{:02x}{:02x}{:02x}, expected 0000 08 01 or 0000 08 03)",
+            bytes[0], bytes[1], bytes[2], bytes[3]
+        ));
+    }
+    let (ty, ndims) = (bytes[2], bytes[3] as usize);
+    if ty != 0x08 {
+        return Err(format!(
+            "has IDX element type 0x{ty:02x}; only unsigned bytes (0x08) are supported"
+        ));
+    }
+    let header_len = 4 + 4 * ndims;
+    if bytes.len() < header_len {
+        return Err(format!("is truncated inside its IDX header ({ndims} dimensions)"));
+    }
+    let dims: Vec<usize> = bytes[4..header_len]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let kind = match dims[..] {
+        [count] => IdxKind::Labels { count },
+        [count, rows, cols] => IdxKind::Images { count, rows, cols },
+        _ => {
+            return Err(format!(
+                "has {ndims} IDX dimensions {dims:?}; expected 1 (labels) or 3 (images)"
+            ))
+        }
+    };
+    Ok((kind, header_len))
+}
+
+/// One decoded IDX file.
+#[derive(Debug, Clone)]
+pub struct IdxFile {
+    pub path: PathBuf,
+    pub kind: IdxKind,
+    pub data: Vec<u8>,
+}
+
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    let mut file =
+        BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let mut magic = [0u8; 2];
+    let n =
+        read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
+    let head = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
+    Ok(if n == 2 && magic == GZIP_MAGIC {
+        Box::new(flate2::read::MultiGzDecoder::new(head))
+    } else {
+        Box::new(head)
+    })
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_err(path: &Path, e: std::io::Error) -> anyhow::Error {
+    // A corrupt gzip stream is the user's data, not our fault.
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::UnexpectedEof
+    ) {
+        user(format!("{}: cannot be decompressed: {e}", path.display()))
+    } else {
+        anyhow::Error::new(e).context(format!("reading {}", path.display()))
+    }
+}
+
+/// Reads only the header of an IDX file (decompressing as little as needed).
+pub fn peek_header(path: &Path) -> Result<std::result::Result<IdxKind, String>> {
+    let mut r = open(path)?;
+    let mut head = [0u8; 16];
+    let n = read_up_to(&mut r, &mut head).map_err(|e| read_err(path, e))?;
+    Ok(parse_header(&head[..n]).map(|(kind, _)| kind))
+}
+
+/// Reads and checks a whole IDX file.
+pub fn read_idx(path: &Path) -> Result<IdxFile> {
+    let mut r = open(path)?;
+    let mut head = [0u8; 16];
+    let n = read_up_to(&mut r, &mut head[..4]).map_err(|e| read_err(path, e))?;
+    let ndims = if n == 4 { head[3] as usize } else { 0 };
+    let want = (4 + 4 * ndims).min(16);
+    let m = read_up_to(&mut r, &mut head[n..want]).map_err(|e| read_err(path, e))?;
+    let (kind, _) =
+        parse_header(&head[..n + m]).map_err(|why| user(format!("{}: {why}", path.display())))?;
+    let expected = kind.payload_len().filter(|&len| len <= MAX_PAYLOAD).ok_or_else(|| {
+        user(format!("{}: header claims {kind}, over the 16 GiB limit", path.display()))
+    })?;
+    // Read at most one byte more than the header promises: the buffer grows with the bytes that
+    // really arrive, never with what the header claims.
+    let mut data = Vec::new();
+    r.take(expected + 1).read_to_end(&mut data).map_err(|e| read_err(path, e))?;
+    let got = data.len() as u64;
+    if got < expected {
+        return Err(user(format!(
+            "{}: truncated: header says {kind} ({expected} bytes of data), file has {got}",
+            path.display()
+        )));
+    }
+    if got > expected {
+        return Err(user(format!(
+            "{}: has data past the {expected} bytes its header ({kind}) describes",
+            path.display()
+        )));
+    }
+    Ok(IdxFile { path: path.to_path_buf(), kind, data })
+}
+
+/// A labelled image set, kept as raw bytes: pixels are scaled when batches are made.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// `len × rows × cols` pixels, row-major.
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+    /// SHA-256 of the images and labels, so a model records exactly what it learned from.
+    pub fingerprint: String,
+    /// Where the data came from, for logs and `model.json`.
+    pub source: String,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn features(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Pairs an images file with a labels file, checking they fit together.
+    pub fn from_files(images: IdxFile, labels: IdxFile, num_classes: usize) -> Result<Self> {
+        let IdxKind::Images { count, rows, cols } = images.kind else {
+            return Err(user(format!(
+                "{}: holds {}, not images",
+                images.path.display(),
+                images.kind
+            )));
+        };
+        let IdxKind::Labels { count: n_labels } = labels.kind else {
+            return Err(user(format!(
+                "{}: holds {}, not labels",
+                labels.path.display(),
+                labels.kind
+            )));
+        };
+        if count != n_labels {
+            return Err(user(format!(
+                "{} holds {count} images but {} holds {n_labels} labels; counts must match",
+                images.path.display(),
+                labels.path.display()
+            )));
+        }
+        if count == 0 || rows == 0 || cols == 0 {
+            return Err(user(format!(
+                "{}: holds {}; no data to use",
+                images.path.display(),
+                images.kind
+            )));
+        }
+        if let Some((i, &l)) =
+            labels.data.iter().enumerate().find(|(_, &l)| l as usize >= num_classes)
+        {
+            return Err(user(format!(
+                "{}: label {l} at index {i} is not below num_classes {num_classes}",
+                labels.path.display()
+            )));
+        }
+        let mut hash = Sha256::new();
+        hash.update(&images.data);
+        hash.update(&labels.data);
+        let fingerprint = format!("sha256:{:x}", hash.finalize());
+        let source = format!("{} + {}", images.path.display(), labels.path.display());
+        Ok(Self { images: images.data, labels: labels.data, rows, cols, fingerprint, source })
+    }
+
+    /// Splits off the last `fraction` of samples (for `validation_split`, as Keras does).
+    pub fn split_tail(mut self, fraction: f64) -> (Dataset, Dataset) {
+        let n = self.len();
+        let tail = ((n as f64) * fraction).round() as usize;
+        let head_len = n - tail;
+        let feat = self.features();
+        let tail_images = self.images.split_off(head_len * feat);
+        let tail_labels = self.labels.split_off(head_len);
+        let tail = Dataset {
+            images: tail_images,
+            labels: tail_labels,
+            source: format!("last {tail} samples of {}", self.source),
+            fingerprint: format!("{}[{head_len}..]", self.fingerprint),
+            ..self.clone()
+        };
+        self.source = format!("first {head_len} samples of {}", self.source);
+        self.fingerprint = format!("{}[..{head_len}]", self.fingerprint);
+        (self, tail)
+    }
+}
+
+/// Every regular file under `dir`, recursively, sorted; dot-files are skipped.
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(user(format!("{}: nested more than {MAX_DEPTH} folders deep", dir.display())));
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("listing {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            tracing::debug!(path = %path.display(), "skipping hidden file");
+            continue;
+        }
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            walk(&path, depth + 1, out)?;
+        } else if meta.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Finds the one images file and the one labels file in a channel folder and loads them.
+pub fn load_channel(channel: &str, dir: &Path, num_classes: usize) -> Result<Dataset> {
+    if !dir.is_dir() {
+        return Err(user(format!(
+            "channel \"{channel}\": folder {} does not exist",
+            dir.display()
+        )));
+    }
+    let mut files = Vec::new();
+    walk(dir, 0, &mut files)?;
+    let (mut images, mut labels, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    for path in files {
+        match peek_header(&path)? {
+            Ok(IdxKind::Images { .. }) => images.push(path),
+            Ok(IdxKind::Labels { .. }) => labels.push(path),
+            Err(why) => other.push(format!("{} ({why})", rel(&path, dir))),
+        }
+    }
+    if images.len() != 1 || labels.len() != 1 || !other.is_empty() {
+        let list = |v: &[PathBuf]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter().map(|p| rel(p, dir)).collect::<Vec<_>>().join(", ")
+            }
+        };
+        let mut msg = format!(
+            "channel \"{channel}\" ({}): expected exactly one IDX images file and one IDX labels \
+             file; found images: {}; labels: {}",
+            dir.display(),
+            list(&images),
+            list(&labels)
+        );
+        if !other.is_empty() {
+            msg.push_str(&format!("; other files: {}", other.join(", ")));
+        }
+        return Err(user(msg));
+    }
+    load_pair(&images[0], &labels[0], num_classes)
+}
+
+/// Loads an explicit images/labels pair, decompressing both at once.
+pub fn load_pair(images: &Path, labels: &Path, num_classes: usize) -> Result<Dataset> {
+    let (img, lab) = std::thread::scope(|s| {
+        let img = s.spawn(|| read_idx(images));
+        let lab = read_idx(labels);
+        (img.join().expect("IDX reader panicked"), lab)
+    });
+    Dataset::from_files(img?, lab?, num_classes)
+}
+
+fn rel(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).display().to_string()
+}
+
+/// Writes an IDX file: the inverse of [`read_idx`], for tests and tools.
+pub fn write_idx(path: &Path, dims: &[u32], data: &[u8], gzip: bool) -> Result<()> {
+    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    let bytes = if gzip {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&bytes)?;
+        enc.finish()?
+    } else {
+        bytes
+    };
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result<impl fmt::Debug>) -> String {
+        let e = r.unwrap_err();
+        assert!(crate::error::is_user_error(&e), "not a user error: {e:#}");
+        format!("{e:#}")
+    }
+
+    fn images(dir: &Path, name: &str, n: u32, gzip: bool) -> PathBuf {
+        let p = dir.join(name);
+        write_idx(&p, &[n, 2, 3], &vec![7u8; (n * 6) as usize], gzip).unwrap();
+        p
+    }
+
+    fn labels(dir: &Path, name: &str, labels: &[u8], gzip: bool) -> PathBuf {
+        let p = dir.join(name);
+        write_idx(&p, &[labels.len() as u32], labels, gzip).unwrap();
+        p
+    }
+
+    #[test]
+    fn reads_plain_and_gzipped_files() {
+        let d = tempfile::tempdir().unwrap();
+        for gz in [false, true] {
+            let f = read_idx(&images(d.path(), "i", 4, gz)).unwrap();
+            assert_eq!(f.kind, IdxKind::Images { count: 4, rows: 2, cols: 3 });
+            assert_eq!(f.data.len(), 24);
+            let f = read_idx(&labels(d.path(), "l", &[1, 2, 3], gz)).unwrap();
+            assert_eq!((f.kind, f.data), (IdxKind::Labels { count: 3 }, vec![1, 2, 3]));
+        }
+    }
+
+    #[test]
+    fn a_huge_header_fails_on_real_length_without_allocating() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("huge");
+        // 2^32-1 images of 65535x65535: exabytes claimed, 100 bytes present.
+        let mut bytes =
+            vec![0, 0, 8, 3, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0, 0, 0xff, 0xff];
+        bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(msg(read_idx(&p)).contains("over the 16 GiB limit"));
+        // 2^32-1 labels: under the limit, so it must fail on the bytes actually there.
+        let mut bytes = vec![0, 0, 8, 1, 0xff, 0xff, 0xff, 0xff];
+        bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&p, &bytes).unwrap();
+        let m = msg(read_idx(&p));
+        assert!(m.contains("truncated: header says 4294967295 labels"), "{m}");
+        assert!(m.contains("file has 100"), "{m}");
+    }
+
+    #[test]
+    fn bad_files_each_get_a_clear_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bad.idx");
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "too short for an IDX header (0 bytes)"),
+            (b"hello world", "is not an IDX file (magic 68656c6c"),
+            (&[0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0], "element type 0x0d"),
+            (&[0, 0, 8, 2, 0, 0, 0, 1, 0, 0, 0, 1, 5], "2 IDX dimensions"),
+            (&[0, 0, 8, 3, 0, 0, 0, 1], "truncated inside its IDX header"),
+            (&[0, 0, 8, 1, 0, 0, 0, 3, 1, 2], "truncated: header says 3 labels"),
+            (&[0, 0, 8, 1, 0, 0, 0, 1, 1, 2], "has data past the 1 bytes"),
+        ];
+        for (bytes, want) in cases {
+            std::fs::write(&p, bytes).unwrap();
+            let m = msg(read_idx(&p));
+            assert!(m.contains("bad.idx") && m.contains(want), "{m} lacks {want}");
+        }
+        // A gzip stream cut short.
+        let gz = labels(d.path(), "l.gz", &[1; 1000], true);
+        let bytes = std::fs::read(&gz).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let m = msg(read_idx(&p));
+        assert!(m.contains("bad.idx"), "{m}");
+    }
+
+    #[test]
+    fn channel_finds_files_by_header_in_nested_folders() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        images(&d.path().join("a/b"), "whatever.bin", 3, true);
+        labels(d.path(), "x-images-idx3.gz", &[0, 1, 9], false);
+        std::fs::write(d.path().join(".DS_Store"), b"junk").unwrap();
+        let ds = load_channel("train", d.path(), 10).unwrap();
+        assert_eq!((ds.len(), ds.rows, ds.cols, ds.features()), (3, 2, 3, 6));
+        assert_eq!(ds.labels, [0, 1, 9]);
+        assert!(ds.fingerprint.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn channel_errors_list_what_was_found() {
+        let d = tempfile::tempdir().unwrap();
+        images(d.path(), "i1", 3, false);
+        images(d.path(), "i2", 3, false);
+        std::fs::write(d.path().join("notes.txt"), b"hi there").unwrap();
+        let m = msg(load_channel("train", d.path(), 10));
+        assert!(m.contains("found images: i1, i2; labels: none"), "{m}");
+        assert!(m.contains("other files: notes.txt (is not an IDX file"), "{m}");
+        let m = msg(load_channel("test", &d.path().join("nope"), 10));
+        assert!(m.contains("channel \"test\": folder") && m.contains("does not exist"), "{m}");
+    }
+
+    #[test]
+    fn pairs_must_agree_and_labels_fit_the_classes() {
+        let d = tempfile::tempdir().unwrap();
+        let i = images(d.path(), "i", 3, false);
+        let l = labels(d.path(), "l", &[0, 1], false);
+        assert!(msg(load_pair(&i, &l, 10)).contains("holds 3 images but"));
+        let l = labels(d.path(), "l", &[0, 1, 10], false);
+        assert!(
+            msg(load_pair(&i, &l, 10)).contains("label 10 at index 2 is not below num_classes 10")
+        );
+        assert!(msg(load_pair(&l, &i, 10)).contains("not images"));
+    }
+
+    #[test]
+    fn split_tail_holds_out_the_last_samples() {
+        let d = tempfile::tempdir().unwrap();
+        let i = images(d.path(), "i", 10, false);
+        let l = labels(d.path(), "l", &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], false);
+        let (train, val) = load_pair(&i, &l, 10).unwrap().split_tail(0.2);
+        assert_eq!((train.len(), val.len()), (8, 2));
+        assert_eq!(val.labels, [8, 9]);
+        assert_eq!(val.images.len(), 12);
+    }
+}

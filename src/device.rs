@@ -1,0 +1,128 @@
+//! Where training runs: the GPU when there is one (and the user allows it), else the CPU, with
+//! a thread count that suits the machine.
+//!
+//! rustc links with `--as-needed`, which drops `libtorch_cuda.so` from the binary because no
+//! symbol of it is referenced: CUDA would then be silently unavailable. Instead of linking it
+//! unconditionally (which loads 2 GB of CUDA libraries on every CPU host), we load it at run
+//! time, only when an NVIDIA driver is present. The same binary serves the `cpu` image, which
+//! does not ship the CUDA libraries at all.
+
+use std::ffi::CStr;
+
+use anyhow::Result;
+use tch::Device;
+
+use crate::config::DeviceChoice;
+use crate::error::user;
+
+/// The device and thread count chosen for a job, and why.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub device: Device,
+    pub threads: usize,
+    /// A human-readable account of the choice, for the log.
+    pub reason: String,
+}
+
+impl Placement {
+    pub fn name(&self) -> String {
+        match self.device {
+            Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".into(),
+        }
+    }
+}
+
+/// Whether the host has an NVIDIA driver loaded.
+fn nvidia_driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+}
+
+/// Loads libtorch's CUDA backend so that libtorch registers it; `Err` says why not.
+fn load_cuda_backend() -> std::result::Result<(), String> {
+    // SAFETY: dlopen/dlerror with valid NUL-terminated strings; the handle is deliberately kept
+    // open for the life of the process.
+    unsafe {
+        let handle = libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if handle.is_null() {
+            let err = libc::dlerror();
+            let msg = if err.is_null() {
+                "unknown error".to_string()
+            } else {
+                CStr::from_ptr(err).to_string_lossy().into_owned()
+            };
+            return Err(msg);
+        }
+    }
+    Ok(())
+}
+
+/// Threads to use: the configured number, else `OMP_NUM_THREADS`, else one per core.
+fn thread_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Picks the device and sets libtorch's thread pools.
+pub fn place(choice: DeviceChoice, threads: usize) -> Result<Placement> {
+    let threads = thread_count(threads);
+    tch::set_num_threads(threads as i32);
+    let cuda = match choice {
+        DeviceChoice::Cpu => Err("device=cpu was asked for".to_string()),
+        _ if !nvidia_driver_present() => Err("no NVIDIA driver on this host".to_string()),
+        _ => load_cuda_backend()
+            .map_err(|e| format!("cannot load libtorch's CUDA backend: {e}"))
+            .and_then(|()| {
+                if tch::Cuda::is_available() {
+                    Ok(())
+                } else {
+                    Err("libtorch sees no usable CUDA device".to_string())
+                }
+            }),
+    };
+    match (choice, cuda) {
+        (_, Ok(())) => Ok(Placement {
+            device: Device::Cuda(0),
+            threads,
+            reason: format!("CUDA available ({} device(s))", tch::Cuda::device_count()),
+        }),
+        (DeviceChoice::Cuda, Err(why)) => {
+            Err(user(format!("hyperparameter \"device\" is cuda, but CUDA is unusable: {why}")))
+        }
+        (_, Err(why)) => Ok(Placement { device: Device::Cpu, threads, reason: why }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_threads_win() {
+        assert_eq!(thread_count(3), 3);
+        assert!(thread_count(0) >= 1);
+    }
+
+    #[test]
+    fn cpu_choice_gives_the_cpu() {
+        let p = place(DeviceChoice::Cpu, 1).unwrap();
+        assert_eq!(p.device, Device::Cpu);
+        assert_eq!(p.name(), "cpu");
+    }
+
+    #[test]
+    fn cuda_choice_without_a_gpu_is_a_clear_user_error() {
+        if nvidia_driver_present() {
+            return; // this host has a GPU: the choice is valid here.
+        }
+        let err = place(DeviceChoice::Cuda, 1).unwrap_err();
+        assert!(crate::error::is_user_error(&err));
+        assert!(err.to_string().contains("no NVIDIA driver"), "{err}");
+    }
+}

@@ -1,0 +1,277 @@
+//! One training job, end to end: read the contract's files, resolve channels, load data, train,
+//! evaluate, write artifacts. This is where files, the clock and logging meet the pure core.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use crate::artifacts::{self, DataRecord, ModelCard};
+use crate::config::TrainConfig;
+use crate::contract::{InputMode, JobFiles, Paths};
+use crate::data::{self, Dataset};
+use crate::device;
+use crate::error::user;
+use crate::metrics::{self, EpochMetrics, Metrics};
+use crate::train::{self, DeviceData, Score};
+
+/// Where Debian's `dataset-fashion-mnist` installs the real data (and where the image keeps it).
+pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
+/// The channels this trainer reads.
+pub const CHANNELS: [&str; 3] = ["train", "validation", "test"];
+
+/// Where one channel's data comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A folder searched for one images and one labels file (SageMaker's File mode layout).
+    Dir(PathBuf),
+    /// An explicit pair of files (the installed Fashion-MNIST).
+    Pair { images: PathBuf, labels: PathBuf },
+}
+
+/// What a job did, for `main` and the tests.
+#[derive(Debug)]
+pub enum Summary {
+    Trained {
+        test: Option<Score>,
+        model_dir: PathBuf,
+    },
+    /// A non-leader host of a multi-host job: nothing to do until multi-host training exists.
+    Skipped {
+        host: String,
+        leader: String,
+    },
+}
+
+/// Runs the job described under `paths`.
+pub fn run(paths: &Paths, stop: &AtomicBool) -> Result<Summary> {
+    let files = JobFiles::read(paths)?;
+    let cfg = TrainConfig::from_hyperparameters(&files.hyperparameters)
+        .with_context(|| paths.hyperparameters().display().to_string())?;
+    info!(config = %serde_json::to_string(&cfg)?, "resolved hyperparameters");
+    let rc = &files.resources;
+    info!(
+        host = %rc.current_host,
+        hosts = ?rc.hosts,
+        instance_type = rc.current_instance_type.as_deref().unwrap_or("unknown"),
+        "resource config"
+    );
+    if !rc.is_leader() {
+        info!(
+            leader = %rc.hosts[0],
+            "multi-host job: only the first host trains and writes the model; this host exits"
+        );
+        return Ok(Summary::Skipped { host: rc.current_host.clone(), leader: rc.hosts[0].clone() });
+    }
+
+    let sources = resolve_channels(paths, &files)?;
+    let load_start = Instant::now();
+    let mut sets = load_channels(&sources, cfg.num_classes)?;
+    let data_load_seconds = load_start.elapsed().as_secs_f64();
+    let train_set = sets.remove("train").expect("train channel resolved");
+    let (train_set, validation_set) = match sets.remove("validation") {
+        Some(v) => (train_set, Some(v)),
+        None if cfg.validation_split > 0.0 => {
+            let (t, v) = train_set.split_tail(cfg.validation_split);
+            (t, Some(v))
+        }
+        None => (train_set, None),
+    };
+    let test_set = sets.remove("test");
+    check_shapes(&train_set, [("validation", &validation_set), ("test", &test_set)])?;
+    info!(
+        train = train_set.len(),
+        validation = validation_set.as_ref().map_or(0, Dataset::len),
+        test = test_set.as_ref().map_or(0, Dataset::len),
+        image = %format!("{}x{}", train_set.rows, train_set.cols),
+        seconds = format!("{data_load_seconds:.3}"),
+        "data loaded"
+    );
+
+    let placement = device::place(cfg.device, cfg.threads)?;
+    info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
+    let dev = placement.device;
+    let train_data = DeviceData::new(&train_set, dev);
+    let validation_data = validation_set.as_ref().map(|d| DeviceData::new(d, dev));
+
+    let train_start = Instant::now();
+    let mut last = Instant::now();
+    let mut epochs = Vec::new();
+    let outcome = train::train(&cfg, &train_data, validation_data.as_ref(), stop, |s| {
+        let seconds = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        let m = EpochMetrics {
+            epoch: s.epoch,
+            learning_rate: s.learning_rate,
+            train_loss: s.train.loss,
+            train_accuracy: s.train.accuracy,
+            validation_loss: s.validation.map(|v| v.loss),
+            validation_accuracy: s.validation.map(|v| v.accuracy),
+            seconds,
+            samples_per_second: s.samples as f64 / seconds.max(1e-9),
+        };
+        info!(
+            epoch = %format!("{}/{}", s.epoch, cfg.epochs),
+            train_loss = format!("{:.4}", m.train_loss),
+            train_accuracy = format!("{:.4}", m.train_accuracy),
+            seconds = format!("{seconds:.3}"),
+            "epoch done"
+        );
+        println!("{}", metrics::epoch_line(&m));
+        epochs.push(m);
+    })?;
+    let train_seconds = train_start.elapsed().as_secs_f64();
+    if let Some(es) = outcome.early_stop {
+        info!(
+            after = es.stopped_after_epoch,
+            best = es.best_epoch,
+            "early stopping: kept the best epoch's weights"
+        );
+    }
+
+    let test = test_set.as_ref().map(|t| {
+        let score = train::evaluate(&outcome.model, &DeviceData::new(t, dev));
+        println!("{}", metrics::test_line(&score));
+        info!(
+            loss = format!("{:.4}", score.loss),
+            accuracy = format!("{:.4}", score.accuracy),
+            "test"
+        );
+        score
+    });
+
+    let mut records = BTreeMap::new();
+    for (name, set) in [
+        ("train", Some(&train_set)),
+        ("validation", validation_set.as_ref()),
+        ("test", test_set.as_ref()),
+    ] {
+        if let Some(d) = set {
+            records.insert(
+                name.to_string(),
+                DataRecord {
+                    source: d.source.clone(),
+                    samples: d.len(),
+                    fingerprint: d.fingerprint.clone(),
+                },
+            );
+        }
+    }
+    let card = ModelCard::new(
+        &cfg,
+        &outcome.model,
+        [train_set.rows, train_set.cols],
+        records,
+        placement.name(),
+    );
+    let metrics = Metrics {
+        epochs,
+        test,
+        early_stop: outcome.early_stop.map(Into::into),
+        data_load_seconds,
+        train_seconds,
+    };
+    let model_dir = paths.model_dir();
+    artifacts::write_model_dir(&model_dir, &outcome.model, &card, &metrics)?;
+    info!(dir = %model_dir.display(), "model written");
+    Ok(Summary::Trained { test, model_dir })
+}
+
+/// Decides where each channel's data comes from.
+pub fn resolve_channels(paths: &Paths, files: &JobFiles) -> Result<BTreeMap<String, Source>> {
+    let config_file = paths.input_data_config();
+    let channels = match &files.input_data {
+        Some(c) if !c.is_empty() => c,
+        _ => {
+            info!(
+                dir = DEFAULT_DATA_DIR,
+                "no channels configured: training on the installed Fashion-MNIST"
+            );
+            return Ok(default_sources(Path::new(DEFAULT_DATA_DIR)));
+        }
+    };
+    let names: Vec<&str> = channels.keys().map(String::as_str).collect();
+    if !channels.contains_key("train") {
+        return Err(user(format!(
+            "{}: channels {names:?} are configured but \"train\" is not (train is required; \
+             validation and test are optional)",
+            config_file.display()
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for (name, spec) in channels {
+        if !CHANNELS.contains(&name.as_str()) {
+            return Err(user(format!(
+                "{}: channel \"{name}\" is not one this trainer reads (train, validation, test)",
+                config_file.display()
+            )));
+        }
+        if spec.mode() == InputMode::Pipe {
+            return Err(user(format!(
+                "{}: channel \"{name}\" uses Pipe mode, which this trainer does not support yet; \
+                 use File or FastFile",
+                config_file.display()
+            )));
+        }
+        info!(channel = %name, mode = ?spec.mode(), distribution = spec.distribution.as_deref().unwrap_or("-"), "channel");
+        out.insert(name.clone(), Source::Dir(paths.channel_dir(name)));
+    }
+    Ok(out)
+}
+
+/// The installed Fashion-MNIST as train and test channels.
+pub fn default_sources(dir: &Path) -> BTreeMap<String, Source> {
+    let pair = |prefix: &str| Source::Pair {
+        images: dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+        labels: dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+    };
+    BTreeMap::from([("train".to_string(), pair("train")), ("test".to_string(), pair("t10k"))])
+}
+
+fn load_channels(
+    sources: &BTreeMap<String, Source>,
+    classes: usize,
+) -> Result<BTreeMap<String, Dataset>> {
+    sources
+        .iter()
+        .map(|(name, src)| {
+            let ds = match src {
+                Source::Dir(dir) => data::load_channel(name, dir, classes)?,
+                Source::Pair { images, labels } => {
+                    if !images.exists() {
+                        return Err(user(format!(
+                            "channel \"{name}\": {} does not exist (install Debian's \
+                             dataset-fashion-mnist, or configure channels)",
+                            images.display()
+                        )));
+                    }
+                    data::load_pair(images, labels, classes)?
+                }
+            };
+            Ok((name.clone(), ds))
+        })
+        .collect()
+}
+
+fn check_shapes<'a>(
+    train: &Dataset,
+    others: impl IntoIterator<Item = (&'a str, &'a Option<Dataset>)>,
+) -> Result<()> {
+    for (name, set) in others {
+        if let Some(d) = set {
+            if (d.rows, d.cols) != (train.rows, train.cols) {
+                return Err(user(format!(
+                    "channel \"{name}\" has {}x{} images but \"train\" has {}x{} ({})",
+                    d.rows, d.cols, train.rows, train.cols, d.source
+                )));
+            }
+        }
+    }
+    if train.len() < 1 {
+        warn!("training set is empty");
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! A SageMaker bring-your-own training container for Fashion-MNIST, in Rust with libtorch.
+//!
+//! The modules follow the data, in the order a job runs:
+//!
+//! | module        | what it does                                                         |
+//! |---------------|----------------------------------------------------------------------|
+//! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
+//! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`]           |
+//! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
+//! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
+//! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
+//! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
+//! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
+//! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
+//! | [`artifacts`] | the model folder, written atomically; loading it back                |
+//! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
+//! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
+//!
+//! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
+
+pub mod artifacts;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod job;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod train;
