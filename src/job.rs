@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::artifacts::{self, DataRecord, ModelCard};
 use crate::config::TrainConfig;
@@ -269,9 +269,6 @@ fn check_shapes<'a>(
                 )));
             }
         }
-    }
-    if train.len() < 1 {
-        warn!("training set is empty");
     }
     Ok(())
 }

@@ -181,7 +181,7 @@ impl Mlp {
             // Through the previous hidden layer: its weights, its dropout, its ReLU.
             let mut d = delta.mm(&self.layers[i].weight);
             if let Some(mask) = &tape.masks[i - 1] {
-                d = d * mask;
+                d *= mask;
             }
             delta = tape.relu_out[i - 1].threshold_backward(&d, 0.0);
         }
@@ -268,7 +268,7 @@ mod tests {
         let model = Mlp::glorot(&sizes, 3, Device::Cpu);
         let x = Tensor::rand([6, 12], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 3, 1, 2, 3, 0]);
-        let masks = vec![
+        let masks = [
             Some(dropout_mask(0.3, 6, 9, [1, 2, 3, 4], Device::Cpu)),
             Some(dropout_mask(0.5, 6, 7, [5, 6, 7, 8], Device::Cpu)),
         ];

@@ -1,0 +1,135 @@
+//! Bad input: each case fails with exit code 1, a one-line reason in `output/failure` that
+//! names what was wrong, the same on stderr, and no model files.
+
+use crate::util::Job;
+
+/// Runs the job and checks the failure contract; returns the failure text.
+fn fails_with(job: &Job, needles: &[&str]) -> String {
+    let run = job.run();
+    let failure =
+        job.failure().unwrap_or_else(|| panic!("no failure file; stderr:\n{}", run.stderr()));
+    assert_eq!(run.code(), Some(1), "{failure}");
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    assert_eq!(failure.lines().count(), 1, "{failure}");
+    for n in needles {
+        assert!(failure.contains(n), "failure lacks {n:?}: {failure}");
+    }
+    assert!(run.stderr().contains(failure.trim()), "stderr lacks the reason");
+    assert!(job.model_files().is_empty(), "model files left: {:?}", job.model_files());
+    assert!(!job.succeeded());
+    failure
+}
+
+#[test]
+fn unknown_hyperparameter_names_the_likely_key() {
+    let job = Job::small(&[("learning-rate", "0.01")]);
+    fails_with(
+        &job,
+        &[
+            "hyperparameters.json",
+            "unknown hyperparameter \"learning-rate\"",
+            "did you mean \"learning_rate\"?",
+        ],
+    );
+}
+
+#[test]
+fn malformed_and_out_of_range_values_name_key_value_and_range() {
+    let job = Job::small(&[("batch_size", "big")]);
+    fails_with(&job, &["\"batch_size\"", "\"big\"", "1 to 65536"]);
+    let job = Job::small(&[("dropout", "1.5")]);
+    fails_with(&job, &["\"dropout\"", "\"1.5\"", "[0, 1)"]);
+}
+
+#[test]
+fn malformed_config_json_names_the_file() {
+    let job = Job::small(&[]);
+    job.write("input/config/hyperparameters.json", "{\"epochs\": ");
+    fails_with(&job, &["hyperparameters.json", "EOF"]);
+    let job = Job::small(&[]);
+    job.write(
+        "input/config/resourceconfig.json",
+        r#"{"current_host":"algo-9","hosts":["algo-1"]}"#,
+    );
+    fails_with(&job, &["resourceconfig.json", "\"algo-9\" is not in \"hosts\""]);
+}
+
+#[test]
+fn pipe_mode_is_refused_clearly() {
+    let job = Job::small(&[]);
+    job.write("input/config/inputdataconfig.json", r#"{"train": {"TrainingInputMode": "Pipe"}}"#);
+    fails_with(&job, &["channel \"train\" uses Pipe mode"]);
+}
+
+#[test]
+fn channels_without_train_name_what_was_found() {
+    let job = Job::new();
+    job.channels(&["test", "validation"]).data("test", "test");
+    fails_with(&job, &["channels [\"test\", \"validation\"] are configured but \"train\" is not"]);
+}
+
+#[test]
+fn unknown_channel_is_refused() {
+    let job = Job::small(&[]);
+    job.channels(&["train", "eval"]);
+    fails_with(&job, &["channel \"eval\" is not one this trainer reads"]);
+}
+
+#[test]
+fn missing_channel_folder() {
+    let job = Job::new();
+    job.channels(&["train"]);
+    fails_with(&job, &["channel \"train\": folder", "does not exist"]);
+}
+
+#[test]
+fn truncated_idx_file_is_named() {
+    let job = Job::small(&[]);
+    let p = job.path("input/data/train/images-idx3-ubyte.gz");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    fails_with(&job, &["images-idx3-ubyte.gz"]);
+}
+
+#[test]
+fn header_claiming_4_billion_labels_fails_on_real_length() {
+    let job = Job::small(&[]);
+    let mut bytes = vec![0u8, 0, 8, 1, 0xff, 0xff, 0xff, 0xff];
+    bytes.extend_from_slice(&[1u8; 1000]);
+    job.write("input/data/train/labels-idx1-ubyte.gz", bytes);
+    fails_with(
+        &job,
+        &["labels-idx1-ubyte.gz", "truncated: header says 4294967295 labels", "file has 1000"],
+    );
+}
+
+#[test]
+fn stray_file_in_a_channel_is_listed() {
+    let job = Job::small(&[]);
+    job.write("input/data/train/sub/readme.txt", "not data");
+    fails_with(&job, &["channel \"train\"", "other files: sub/readme.txt (is not an IDX file"]);
+}
+
+#[test]
+fn label_beyond_num_classes() {
+    let job = Job::small(&[("num_classes", "5")]);
+    fails_with(&job, &["labels-idx1-ubyte.gz", "is not below num_classes 5"]);
+}
+
+#[test]
+fn test_images_of_another_size() {
+    let job = Job::small(&[]);
+    let mut bytes = vec![0u8, 0, 8, 3, 0, 0, 0, 200, 0, 0, 0, 14, 0, 0, 0, 14];
+    bytes.extend_from_slice(&vec![0u8; 200 * 14 * 14]);
+    job.write("input/data/test/images-idx3-ubyte.gz", bytes);
+    fails_with(&job, &["channel \"test\" has 14x14 images but \"train\" has 28x28"]);
+}
+
+#[test]
+fn cuda_without_a_gpu() {
+    if std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        return; // a GPU host: device=cuda is valid here.
+    }
+    let job = Job::small(&[("device", "cuda")]);
+    fails_with(&job, &["\"device\" is cuda", "no NVIDIA driver"]);
+}

@@ -1,0 +1,134 @@
+//! A temporary SageMaker base folder and helpers to fill it, run `train` in it, and read what
+//! the run left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_train");
+
+/// The small slice of real Fashion-MNIST in `tests/fixtures` (see `make_fixtures.py`).
+pub fn fixture(channel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmnist-small").join(channel)
+}
+
+pub struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    pub fn new() -> Self {
+        Self { dir: tempfile::Builder::new().prefix("smtrain-it-").tempdir().unwrap() }
+    }
+
+    pub fn base(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.base().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) -> &Self {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+        self
+    }
+
+    /// Writes `hyperparameters.json` with string values, as SageMaker does.
+    pub fn hyperparameters(&self, pairs: &[(&str, &str)]) -> &Self {
+        let map: serde_json::Map<String, serde_json::Value> =
+            pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+        self.write("input/config/hyperparameters.json", serde_json::to_vec(&map).unwrap())
+    }
+
+    /// Declares File-mode channels in `inputdataconfig.json`.
+    pub fn channels(&self, names: &[&str]) -> &Self {
+        let map: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|n| {
+                let spec = serde_json::json!({"TrainingInputMode": "File",
+                    "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"});
+                (n.to_string(), spec)
+            })
+            .collect();
+        self.write("input/config/inputdataconfig.json", serde_json::to_vec(&map).unwrap())
+    }
+
+    /// Copies a fixture channel into `input/data/<channel>`.
+    pub fn data(&self, channel: &str, from: &str) -> &Self {
+        let dst = self.path(&format!("input/data/{channel}"));
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(fixture(from)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+        self
+    }
+
+    /// The usual small job: fixture train and test channels.
+    pub fn small(hp: &[(&str, &str)]) -> Self {
+        let job = Self::new();
+        job.channels(&["train", "test"])
+            .data("train", "train")
+            .data("test", "test")
+            .hyperparameters(hp);
+        job
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("train")
+            .arg("--base-dir")
+            .arg(self.base())
+            .env("OMP_NUM_THREADS", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("SAGEMAKER_BASE_DIR");
+        cmd
+    }
+
+    pub fn run(&self) -> Run {
+        Run(self.command().output().unwrap())
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        std::fs::read_to_string(self.path("output/failure")).ok()
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.path("output/success").exists()
+    }
+
+    /// Names of the files in the model folder.
+    pub fn model_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path("model"))
+            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    pub fn json(&self, rel: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path(rel)).unwrap()).unwrap()
+    }
+}
+
+/// A finished run of the binary.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> Option<i32> {
+        self.0.status.code()
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Panics with the output when the run failed.
+    pub fn ok(self) -> Self {
+        assert!(self.0.status.success(), "train failed: {:?}\n{}", self.code(), self.stderr());
+        self
+    }
+}
