@@ -24,7 +24,13 @@ DATA_STAMP := $(DATA_DIR)/train-images-idx3-ubyte.gz
 RUN_DIR ?= $(CURDIR)/.run
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup build train test lint fmt clean
+.PHONY: help setup build train test test-rust lint fmt clean
+
+# Fragments for the image, the S3 test server and infra add their own targets. Each may add
+# prerequisites of the Rust tests (TEST_RUST_PREREQS: things the tests use, such as a server
+# binary or an image) and further test targets (TEST_TARGETS), all run by `make test`.
+TEST_RUST_PREREQS :=
+TEST_TARGETS :=
 
 help:
 	@echo "make train   set up, build, and train on the real Fashion-MNIST (artifacts in .run/model)"
@@ -58,8 +64,12 @@ train: build
 	@echo "model: $(RUN_DIR)/model"
 
 # Tests pin libtorch to one thread: two threads on a busy two-core machine run many times slower.
-test: setup
+test: test-rust $(TEST_TARGETS)
+
+test-rust: setup $(TEST_RUST_PREREQS)
 	OMP_NUM_THREADS=1 cargo test --release --locked
+
+-include docker/docker.mk tests/s3-server.mk infra/infra.mk
 
 lint: setup
 	cargo fmt --all -- --check
