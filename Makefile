@@ -31,6 +31,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # binary or an image) and further test targets (TEST_TARGETS), all run by `make test`.
 TEST_RUST_PREREQS :=
 TEST_TARGETS :=
+-include docker/docker.mk tests/s3-server.mk infra/infra.mk
 
 help:
 	@echo "make train   set up, build, and train on the real Fashion-MNIST (artifacts in .run/model)"
@@ -68,8 +69,6 @@ test: test-rust $(TEST_TARGETS)
 
 test-rust: setup $(TEST_RUST_PREREQS)
 	OMP_NUM_THREADS=1 cargo test --release --locked
-
--include docker/docker.mk tests/s3-server.mk infra/infra.mk
 
 lint: setup
 	cargo fmt --all -- --check
