@@ -157,10 +157,8 @@ fn run_train(paths: &Paths) -> ExitCode {
                 ("InternalError", EXIT_INTERNAL_ERROR)
             };
             let msg = if stopped {
-                format!(
-                    "stopped by {} before training finished; no model was written",
-                    signal_name(which.load(Ordering::Relaxed))
-                )
+                let detail = err.downcast_ref::<Stopped>().map_or("", |s| s.0.as_str());
+                format!("stopped by {}{detail}", signal_name(which.load(Ordering::Relaxed)))
             } else {
                 format!("{err:#}")
             };

@@ -87,6 +87,12 @@ pub struct TrainConfig {
     pub min_learning_rate: f64,
     /// Fraction of the training data held out for validation when no validation channel exists.
     pub validation_split: f64,
+    /// Epochs between checkpoints; 0 turns periodic checkpoints off (SIGTERM still writes one).
+    pub checkpoint_interval: usize,
+    /// How many checkpoints to keep.
+    pub checkpoint_keep: usize,
+    /// Ignore existing checkpoints instead of resuming from them.
+    pub start_fresh: bool,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +121,9 @@ impl Default for TrainConfig {
             lr_decay: 0.1,
             min_learning_rate: 0.0,
             validation_split: 0.0,
+            checkpoint_interval: 1,
+            checkpoint_keep: 2,
+            start_fresh: false,
         }
     }
 }
@@ -144,6 +153,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("lr_decay", "factor per decay for step and exponential; > 0 and <= 1 (default 0.1)"),
     ("min_learning_rate", "final rate of the cosine schedule; >= 0 and < learning_rate (default 0)"),
     ("validation_split", "fraction of training data held out for validation when there is no validation channel; 0 to 0.5 (default 0)"),
+    ("checkpoint_interval", "epochs between checkpoints in /opt/ml/checkpoints; 0 = only on SIGTERM (default 1)"),
+    ("checkpoint_keep", "checkpoints kept, newest first; 1 to 1000 (default 2)"),
+    ("start_fresh", "true to ignore existing checkpoints instead of resuming (default false)"),
 ];
 
 /// Keys other tools add that a user may reasonably pass and we accept as other names.
@@ -212,6 +224,14 @@ impl Raw<'_> {
             return Err(self.bad(format_args!("is out of range (allowed: {range})")));
         }
         Ok(v)
+    }
+
+    fn bool(&self) -> Result<bool> {
+        match self.text().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(self.bad("is not a boolean (allowed: true, false)")),
+        }
     }
 
     fn choice<T: Copy>(&self, options: &[(&str, T)]) -> Result<T> {
@@ -313,6 +333,9 @@ impl TrainConfig {
                 "lr_decay" => cfg.lr_decay = v.float(0.0, true, 1.0, false)?,
                 "min_learning_rate" => cfg.min_learning_rate = v.float(0.0, false, 10.0, false)?,
                 "validation_split" => cfg.validation_split = v.float(0.0, false, 0.5, false)?,
+                "checkpoint_interval" => cfg.checkpoint_interval = v.usize(0, 100_000)?,
+                "checkpoint_keep" => cfg.checkpoint_keep = v.usize(1, 1000)?,
+                "start_fresh" => cfg.start_fresh = v.bool()?,
                 _ => return Err(unknown_key(key, raw)),
             }
         }
@@ -338,6 +361,38 @@ impl TrainConfig {
             )));
         }
         Ok(cfg)
+    }
+
+    /// Hyperparameters whose values differ between `self` and `other` in a way that changes
+    /// the trained weights (what a resumed run must agree on). Threads, device, checkpointing and
+    /// early stopping only change how or when we get there; more epochs extend a run unless the
+    /// schedule depends on the total.
+    pub fn result_differences(&self, saved: &serde_json::Value) -> Vec<String> {
+        let Ok(serde_json::Value::Object(now)) = serde_json::to_value(self) else {
+            return vec!["<unserialisable configuration>".into()];
+        };
+        let Some(saved) = saved.as_object() else {
+            return vec!["<unreadable saved configuration>".into()];
+        };
+        let mut neutral = vec![
+            "threads",
+            "device",
+            "checkpoint_interval",
+            "checkpoint_keep",
+            "start_fresh",
+            "early_stopping_patience",
+        ];
+        let cosine = serde_json::Value::from("cosine");
+        if now.get("lr_schedule") != Some(&cosine) && saved.get("lr_schedule") != Some(&cosine) {
+            neutral.push("epochs");
+        }
+        now.iter()
+            .filter(|(k, v)| !neutral.contains(&k.as_str()) && saved.get(*k) != Some(v))
+            .map(|(k, v)| {
+                let was = saved.get(k).map_or_else(|| "-".to_string(), |x| x.to_string());
+                format!("{k} (checkpoint {was}, now {v})")
+            })
+            .collect()
     }
 
     /// The learning rate for a 0-based epoch under the configured schedule.
@@ -512,6 +567,9 @@ mod tests {
             ("lr_decay", "0.1"),
             ("min_learning_rate", "0"),
             ("validation_split", "0"),
+            ("checkpoint_interval", "1"),
+            ("checkpoint_keep", "2"),
+            ("start_fresh", "False"),
         ];
         assert_eq!(parse(&defaults).unwrap(), d);
         for (k, _) in KEYS {
@@ -520,6 +578,32 @@ mod tests {
                 "{k} lacks a default check"
             );
         }
+    }
+
+    #[test]
+    fn result_differences_name_only_keys_that_change_weights() {
+        let a = TrainConfig::default();
+        let json = |c: &TrainConfig| serde_json::to_value(c).unwrap();
+        let b = TrainConfig { threads: 4, epochs: 9, checkpoint_keep: 5, ..a.clone() };
+        assert!(a.result_differences(&json(&b)).is_empty());
+        let c = TrainConfig { learning_rate: 0.01, seed: 1, ..a.clone() };
+        let d = a.result_differences(&json(&c));
+        assert_eq!(
+            d,
+            ["learning_rate (checkpoint 0.01, now 0.001)", "seed (checkpoint 1, now 42)"]
+        );
+        let cos = TrainConfig { lr_schedule: LrSchedule::Cosine, ..a.clone() };
+        let cos9 = TrainConfig { epochs: 9, ..cos.clone() };
+        assert_eq!(cos.result_differences(&json(&cos9)), ["epochs (checkpoint 9, now 5)"]);
+    }
+
+    #[test]
+    fn booleans_accept_python_and_json_spellings() {
+        for (raw, want) in [("True", true), ("true", true), ("\"false\"", false), ("False", false)]
+        {
+            assert_eq!(parse(&[("start_fresh", raw)]).unwrap().start_fresh, want, "{raw}");
+        }
+        assert!(err(&[("start_fresh", "maybe")]).contains("is not a boolean"));
     }
 
     #[test]

@@ -37,13 +37,14 @@ pub fn is_user_error(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<UserError>())
 }
 
-/// The job was stopped by SIGTERM or SIGINT before it finished.
-#[derive(Debug)]
-pub struct Stopped(pub &'static str);
+/// The job was stopped by SIGTERM or SIGINT before it finished; the text says where training
+/// stood and what was saved.
+#[derive(Debug, Default)]
+pub struct Stopped(pub String);
 
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "stopped by {} before training finished", self.0)
+        write!(f, "stopped before training finished{}", self.0)
     }
 }
 

@@ -3,20 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use tracing::info;
 
 use crate::artifacts::{self, DataRecord, ModelCard};
+use crate::checkpoint::{self, Checkpointer};
 use crate::config::TrainConfig;
 use crate::contract::{InputMode, JobFiles, Paths};
 use crate::data::{self, Dataset};
 use crate::device;
-use crate::error::user;
+use crate::error::{user, Stopped};
 use crate::metrics::{self, EpochMetrics, Metrics};
-use crate::train::{self, DeviceData, Score};
+use crate::train::{self, DeviceData, EpochStats, Hooks, Score, TrainState};
 
 /// Where Debian's `dataset-fashion-mnist` installs the real data (and where the image keeps it).
 pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -97,32 +98,43 @@ pub fn run(paths: &Paths, stop: &AtomicBool) -> Result<Summary> {
     let train_data = DeviceData::new(&train_set, dev);
     let validation_data = validation_set.as_ref().map(|d| DeviceData::new(d, dev));
 
+    let checkpoint_dir = files
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.local_path.clone())
+        .unwrap_or_else(|| paths.checkpoints_dir());
+    let steps = train::steps_per_epoch(train_data.len(), cfg.batch_size);
+    let checkpointer =
+        Checkpointer::new(&checkpoint_dir, &cfg, &train_set.fingerprint, train_set.len(), steps)?;
+    let restored = if cfg.start_fresh {
+        info!(dir = %checkpoint_dir.display(), "start_fresh: not resuming from existing checkpoints");
+        None
+    } else {
+        checkpoint::load_latest(
+            &checkpoint_dir,
+            &cfg,
+            &train_set.fingerprint,
+            train_set.len(),
+            train_set.features(),
+            dev,
+        )?
+    };
+    let (state, metrics) = match restored {
+        Some(r) => (r.state, r.metrics),
+        None => (TrainState::new(&cfg, train_set.features(), dev), Vec::new()),
+    };
+
     let train_start = Instant::now();
-    let mut last = Instant::now();
-    let mut epochs = Vec::new();
-    let outcome = train::train(&cfg, &train_data, validation_data.as_ref(), stop, |s| {
-        let seconds = last.elapsed().as_secs_f64();
-        last = Instant::now();
-        let m = EpochMetrics {
-            epoch: s.epoch,
-            learning_rate: s.learning_rate,
-            train_loss: s.train.loss,
-            train_accuracy: s.train.accuracy,
-            validation_loss: s.validation.map(|v| v.loss),
-            validation_accuracy: s.validation.map(|v| v.accuracy),
-            seconds,
-            samples_per_second: s.samples as f64 / seconds.max(1e-9),
+    let mut hooks =
+        JobHooks { cfg: &cfg, stop, checkpointer, metrics, last: Instant::now(), stopped_at: None };
+    let outcome =
+        match train::resume(&cfg, &train_data, validation_data.as_ref(), state, &mut hooks) {
+            Err(e) if e.is::<Stopped>() => {
+                return Err(Stopped(hooks.stopped_at.unwrap_or_default()).into());
+            }
+            other => other?,
         };
-        info!(
-            epoch = %format!("{}/{}", s.epoch, cfg.epochs),
-            train_loss = format!("{:.4}", m.train_loss),
-            train_accuracy = format!("{:.4}", m.train_accuracy),
-            seconds = format!("{seconds:.3}"),
-            "epoch done"
-        );
-        println!("{}", metrics::epoch_line(&m));
-        epochs.push(m);
-    })?;
+    let epochs = hooks.metrics;
     let train_seconds = train_start.elapsed().as_secs_f64();
     if let Some(es) = outcome.early_stop {
         info!(
@@ -178,6 +190,63 @@ pub fn run(paths: &Paths, stop: &AtomicBool) -> Result<Summary> {
     artifacts::write_model_dir(&model_dir, &outcome.model, &card, &metrics)?;
     info!(dir = %model_dir.display(), "model written");
     Ok(Summary::Trained { test, model_dir })
+}
+
+/// What the job does around the pure training loop: metric lines, logs and checkpoints.
+struct JobHooks<'a> {
+    cfg: &'a TrainConfig,
+    stop: &'a AtomicBool,
+    checkpointer: Checkpointer,
+    metrics: Vec<EpochMetrics>,
+    last: Instant,
+    /// Where training stood when a stop was requested, for the failure reason.
+    stopped_at: Option<String>,
+}
+
+impl Hooks for JobHooks<'_> {
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn epoch_done(&mut self, s: &EpochStats, state: &TrainState) -> Result<()> {
+        let seconds = self.last.elapsed().as_secs_f64();
+        let m = EpochMetrics {
+            epoch: s.epoch,
+            learning_rate: s.learning_rate,
+            train_loss: s.train.loss,
+            train_accuracy: s.train.accuracy,
+            validation_loss: s.validation.map(|v| v.loss),
+            validation_accuracy: s.validation.map(|v| v.accuracy),
+            seconds,
+            samples_per_second: s.samples as f64 / seconds.max(1e-9),
+        };
+        info!(
+            epoch = %format!("{}/{}", s.epoch, self.cfg.epochs),
+            train_loss = format!("{:.4}", m.train_loss),
+            train_accuracy = format!("{:.4}", m.train_accuracy),
+            seconds = format!("{seconds:.3}"),
+            "epoch done"
+        );
+        println!("{}", metrics::epoch_line(&m));
+        self.metrics.push(m);
+        let interval = self.cfg.checkpoint_interval;
+        if interval > 0 && (s.epoch % interval == 0 || state.finished(self.cfg)) {
+            self.checkpointer.save(state, &self.metrics)?;
+        }
+        self.last = Instant::now();
+        Ok(())
+    }
+
+    fn stopping(&mut self, state: &TrainState) -> Result<()> {
+        let path = self.checkpointer.save(state, &self.metrics)?;
+        self.stopped_at = Some(format!(
+            " at epoch {} step {}; checkpoint {} written; running the job again resumes from it",
+            state.epoch + 1,
+            state.step,
+            path.display()
+        ));
+        Ok(())
+    }
 }
 
 /// Decides where each channel's data comes from.

@@ -11,6 +11,7 @@
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
+//! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
@@ -19,6 +20,7 @@
 //! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
 
 pub mod artifacts;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod contract;

@@ -68,7 +68,7 @@ pub struct Score {
 }
 
 /// What one epoch achieved.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     /// 1-based.
     pub epoch: usize,
@@ -76,6 +76,84 @@ pub struct EpochStats {
     pub train: Score,
     pub validation: Option<Score>,
     pub samples: usize,
+}
+
+/// Everything training needs to continue exactly where it left off: the checkpoint's content.
+pub struct TrainState {
+    pub model: Mlp,
+    pub optimizer: Optimizer,
+    /// The epoch in progress (0-based) and the steps of it already taken.
+    pub epoch: usize,
+    pub step: usize,
+    /// The current epoch's sample order (absent between epochs).
+    pub order: Option<Tensor>,
+    /// The current epoch's summed loss and correct count so far, left on the device.
+    pub loss_sum: Tensor,
+    pub correct: Tensor,
+    /// Finished epochs.
+    pub history: Vec<EpochStats>,
+    /// The best validation loss so far, its epoch and its weights (early stopping only).
+    pub best: Option<Best>,
+    pub early_stop: Option<EarlyStop>,
+}
+
+pub struct Best {
+    pub loss: f64,
+    pub epoch: usize,
+    pub params: Tensor,
+}
+
+impl TrainState {
+    /// A fresh start: Glorot weights, zero optimizer state, epoch 0.
+    pub fn new(cfg: &TrainConfig, features: usize, device: Device) -> Self {
+        let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
+        Self {
+            model: Mlp::glorot(&sizes, cfg.seed, device),
+            optimizer: Optimizer::new(cfg, model::param_count(&sizes), device),
+            epoch: 0,
+            step: 0,
+            order: None,
+            loss_sum: Tensor::zeros([], (Kind::Float, device)),
+            correct: Tensor::zeros([], (Kind::Int64, device)),
+            history: Vec::new(),
+            best: None,
+            early_stop: None,
+        }
+    }
+
+    /// Whether training has nothing left to do.
+    pub fn finished(&self, cfg: &TrainConfig) -> bool {
+        self.early_stop.is_some() || self.epoch >= cfg.epochs
+    }
+}
+
+/// What the training loop asks of its caller: whether to stop, and what to do after each epoch
+/// and before stopping (print, checkpoint). The loop itself does no I/O.
+pub trait Hooks {
+    fn stop_requested(&self) -> bool;
+    /// After each finished epoch; `state` has already moved on to the next epoch.
+    fn epoch_done(&mut self, stats: &EpochStats, state: &TrainState) -> Result<()>;
+    /// At a step boundary, after a stop was requested and before training returns [`Stopped`].
+    fn stopping(&mut self, state: &TrainState) -> Result<()>;
+}
+
+/// Hooks for callers that only want to see epochs: a stop flag and a callback.
+pub struct Observe<'a, F: FnMut(&EpochStats)> {
+    pub stop: &'a AtomicBool,
+    pub on_epoch: F,
+}
+
+impl<F: FnMut(&EpochStats)> Hooks for Observe<'_, F> {
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    fn epoch_done(&mut self, stats: &EpochStats, _: &TrainState) -> Result<()> {
+        (self.on_epoch)(stats);
+        Ok(())
+    }
+    fn stopping(&mut self, _: &TrainState) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The trained model and how training went.
@@ -86,7 +164,7 @@ pub struct Outcome {
     pub early_stop: Option<EarlyStop>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EarlyStop {
     pub stopped_after_epoch: usize,
     pub best_epoch: usize,
@@ -122,80 +200,104 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<i64> {
     order
 }
 
-/// Trains a fresh model. `on_epoch` sees each finished epoch; `stop` is checked between steps
-/// (SIGTERM sets it) and ends training with [`Stopped`].
+/// Steps in one epoch of `n` samples.
+pub fn steps_per_epoch(n: i64, batch: usize) -> usize {
+    (n as usize).div_ceil(batch)
+}
+
+/// Trains a fresh model, seeing each finished epoch through `on_epoch`; `stop` is checked
+/// between steps and ends training with [`Stopped`].
 pub fn train(
     cfg: &TrainConfig,
     train: &DeviceData,
     validation: Option<&DeviceData>,
     stop: &AtomicBool,
-    mut on_epoch: impl FnMut(&EpochStats),
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<Outcome> {
+    let state = TrainState::new(cfg, train.images.size()[1] as usize, train.labels.device());
+    resume(cfg, train, validation, state, &mut Observe { stop, on_epoch })
+}
+
+/// Continues training from `state` (fresh or restored from a checkpoint) to the end.
+pub fn resume(
+    cfg: &TrainConfig,
+    train: &DeviceData,
+    validation: Option<&DeviceData>,
+    mut state: TrainState,
+    hooks: &mut impl Hooks,
 ) -> Result<Outcome> {
     let device = train.labels.device();
-    let features = train.images.size()[1] as usize;
-    let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
-    let model = Mlp::glorot(&sizes, cfg.seed, device);
-    let grad_flat = Tensor::zeros_like(&model.flat);
+    let sizes = state.model.sizes().to_vec();
+    let grad_flat = Tensor::zeros_like(&state.model.flat);
     let grads = dense_views(&grad_flat, &sizes);
-    let mut optimizer = Optimizer::new(cfg, model::param_count(&sizes), device);
-
     let n = train.len();
     let batch = cfg.batch_size as i64;
-    let mut epochs = Vec::with_capacity(cfg.epochs);
-    let mut best: Option<(f64, usize, Tensor)> = None;
-    let mut early_stop = None;
-    for epoch in 0..cfg.epochs {
+    let steps = steps_per_epoch(n, cfg.batch_size);
+    while !state.finished(cfg) {
+        let epoch = state.epoch;
         let lr = cfg.learning_rate_at(epoch);
-        let order = Tensor::from_slice(&epoch_order(cfg.seed, epoch, n as usize)).to_device(device);
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        let (mut start, mut step) = (0, 0u64);
-        while start < n {
-            if stop.load(Ordering::Relaxed) {
-                return Err(Stopped("a signal").into());
+        let order = state
+            .order
+            .get_or_insert_with(|| {
+                Tensor::from_slice(&epoch_order(cfg.seed, epoch, n as usize)).to_device(device)
+            })
+            .shallow_clone();
+        while state.step < steps {
+            if hooks.stop_requested() {
+                hooks.stopping(&state)?;
+                return Err(Stopped::default().into());
             }
+            let start = state.step as i64 * batch;
             let len = batch.min(n - start);
             let (x, y) = train.batch(&order.narrow(0, start, len));
-            let masks = dropout_masks(cfg, &sizes, len as usize, epoch, step, device);
-            let (logits, tape) = model.forward_train(&x, masks);
+            let masks = dropout_masks(cfg, &sizes, len as usize, epoch, state.step as u64, device);
+            let (logits, tape) = state.model.forward_train(&x, masks);
             let (dlogits, l, c) = model::cross_entropy_grad(&logits, &y);
-            model.backward(&tape, dlogits, &grads);
-            optimizer.step(&model.flat, &grad_flat, lr);
-            let _ = loss_sum.g_add_(&l);
-            let _ = correct.g_add_(&c);
-            start += len;
-            step += 1;
+            state.model.backward(&tape, dlogits, &grads);
+            state.optimizer.step(&state.model.flat, &grad_flat, lr);
+            let _ = state.loss_sum.g_add_(&l);
+            let _ = state.correct.g_add_(&c);
+            state.step += 1;
         }
         let stats = EpochStats {
             epoch: epoch + 1,
             learning_rate: lr,
             train: Score {
-                loss: loss_sum.double_value(&[]) / n as f64,
-                accuracy: correct.int64_value(&[]) as f64 / n as f64,
+                loss: state.loss_sum.double_value(&[]) / n as f64,
+                accuracy: state.correct.int64_value(&[]) as f64 / n as f64,
             },
-            validation: validation.map(|v| evaluate(&model, v)),
+            validation: validation.map(|v| evaluate(&state.model, v)),
             samples: n as usize,
         };
-        on_epoch(&stats);
-        if let (Some(v), true) = (stats.validation, cfg.early_stopping_patience > 0) {
-            if best.as_ref().is_none_or(|(loss, _, _)| v.loss < *loss) {
-                best = Some((v.loss, epoch + 1, model.flat.copy()));
-            }
-            let best_epoch = best.as_ref().map_or(0, |b| b.1);
-            epochs.push(stats);
-            if epoch + 1 - best_epoch >= cfg.early_stopping_patience && epoch + 1 < cfg.epochs {
-                early_stop = Some(EarlyStop { stopped_after_epoch: epoch + 1, best_epoch });
-                break;
-            }
-        } else {
-            epochs.push(stats);
-        }
+        track_best(cfg, &mut state, &stats);
+        state.history.push(stats.clone());
+        state.epoch += 1;
+        state.step = 0;
+        state.order = None;
+        let _ = state.loss_sum.zero_();
+        let _ = state.correct.zero_();
+        hooks.epoch_done(&stats, &state)?;
     }
     // With early stopping, keep the weights of the best validation epoch (what users deploy).
-    if let Some((_, _, weights)) = best {
-        model.flat.shallow_clone().copy_(&weights);
+    if let Some(best) = &state.best {
+        state.model.flat.shallow_clone().copy_(&best.params);
     }
-    Ok(Outcome { model, epochs, early_stop })
+    Ok(Outcome { model: state.model, epochs: state.history, early_stop: state.early_stop })
+}
+
+/// Early stopping's bookkeeping after an epoch: remember the best, decide whether to stop.
+fn track_best(cfg: &TrainConfig, state: &mut TrainState, stats: &EpochStats) {
+    let (Some(v), true) = (stats.validation, cfg.early_stopping_patience > 0) else {
+        return;
+    };
+    if state.best.as_ref().is_none_or(|b| v.loss < b.loss) {
+        state.best =
+            Some(Best { loss: v.loss, epoch: stats.epoch, params: state.model.flat.copy() });
+    }
+    let best_epoch = state.best.as_ref().map_or(0, |b| b.epoch);
+    if stats.epoch - best_epoch >= cfg.early_stopping_patience && stats.epoch < cfg.epochs {
+        state.early_stop = Some(EarlyStop { stopped_after_epoch: stats.epoch, best_epoch });
+    }
 }
 
 fn dropout_masks(

@@ -1,6 +1,7 @@
 //! Integration tests: the real `train` binary against a temporary `/opt/ml` tree, real IDX
 //! files and real libtorch. One crate, so libtorch is linked once.
 
+mod checkpoints;
 mod contract;
 mod failures;
 mod training;

@@ -1,0 +1,429 @@
+//! Checkpoints: everything needed to continue a run bit-exactly after SageMaker stops it (spot
+//! interruption, `StopTrainingJob`, MaxRuntime) and starts it again with `/opt/ml/checkpoints`
+//! restored.
+//!
+//! One safetensors file per checkpoint, `checkpoint-<position>.safetensors`, where the position
+//! counts optimizer steps from the start of the run so names sort by progress. Tensors: the flat
+//! parameters, the optimizer state, the epoch's running loss and accuracy sums, the epoch's
+//! sample order, the best weights so far (early stopping). The metadata holds the epoch and
+//! step, the metrics so far, the resolved hyperparameters, the training data's fingerprint and
+//! a SHA-256 over the tensors' bytes. Random numbers (shuffles, dropout) are derived from
+//! (seed, epoch, step), so that is their whole state.
+//!
+//! Files are written under a temporary name, synced and renamed. Older checkpoints are deleted
+//! only after a newer one is complete (SageMaker mirrors deletions to S3). Nothing read back is
+//! trusted: size, dtypes, shapes and the checksum are checked; a corrupt file is skipped in
+//! favour of the previous one.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+use tracing::{info, warn};
+
+use crate::config::TrainConfig;
+use crate::error::user;
+use crate::metrics::EpochMetrics;
+use crate::model::{self, Mlp};
+use crate::optim::Optimizer;
+use crate::train::{Best, EarlyStop, EpochStats, Score, TrainState};
+
+pub const FORMAT_VERSION: u32 = 1;
+const PREFIX: &str = "checkpoint-";
+const SUFFIX: &str = ".safetensors";
+const META_KEY: &str = "smtrain";
+
+/// What a checkpoint says about itself, beside the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    format_version: u32,
+    trainer_version: String,
+    epoch: usize,
+    step: usize,
+    optimizer_steps: u64,
+    config: serde_json::Value,
+    train_fingerprint: String,
+    train_samples: usize,
+    metrics: Vec<EpochMetrics>,
+    best: Option<(f64, usize)>,
+    early_stop: Option<EarlyStop>,
+    tensors_sha256: String,
+}
+
+/// A tensor's bytes on the host, ready for safetensors.
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn to_host(t: &Tensor) -> HostTensor {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let (dtype, data) = match t.kind() {
+        Kind::Int64 => {
+            let v: Vec<i64> = Vec::try_from(t.flatten(0, -1)).expect("int64 tensor");
+            (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+        _ => {
+            let v: Vec<f32> =
+                Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1)).expect("float tensor");
+            (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+    };
+    HostTensor { dtype, shape, data }
+}
+
+/// SHA-256 over the tensors' names and bytes, in name order.
+fn digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by_key(|(n, _)| *n);
+    let mut h = Sha256::new();
+    for (name, data) in sorted {
+        h.update(name.as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    format!("{:x}", h.finalize())
+}
+
+fn file_name(position: u64) -> String {
+    format!("{PREFIX}{position:012}{SUFFIX}")
+}
+
+/// Checkpoint files in `dir`, newest first.
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.starts_with(PREFIX) && name.ends_with(SUFFIX)
+        })
+        .collect();
+    files.sort();
+    files.reverse();
+    Ok(files)
+}
+
+/// Writes checkpoints for one run and prunes old ones.
+pub struct Checkpointer {
+    dir: PathBuf,
+    keep: usize,
+    config: serde_json::Value,
+    train_fingerprint: String,
+    train_samples: usize,
+    steps_per_epoch: usize,
+    /// Checkpoints of an earlier run that `start_fresh` set aside: deleted once this run has a
+    /// complete checkpoint of its own.
+    superseded: Vec<PathBuf>,
+}
+
+impl Checkpointer {
+    pub fn new(
+        dir: &Path,
+        cfg: &TrainConfig,
+        fingerprint: &str,
+        samples: usize,
+        steps_per_epoch: usize,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let superseded = if cfg.start_fresh { list(dir)? } else { Vec::new() };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            keep: cfg.checkpoint_keep,
+            config: serde_json::to_value(cfg)?,
+            train_fingerprint: fingerprint.to_string(),
+            train_samples: samples,
+            steps_per_epoch,
+            superseded,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a checkpoint of `state` (with the job's metrics so far) and prunes older ones.
+    pub fn save(&mut self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<PathBuf> {
+        let mut tensors: Vec<(&str, HostTensor)> = vec![
+            ("params", to_host(&state.model.flat)),
+            ("loss_sum", to_host(&state.loss_sum)),
+            ("correct", to_host(&state.correct)),
+        ];
+        for (name, t) in state.optimizer.state() {
+            tensors.push((name, to_host(t)));
+        }
+        if let Some(order) = &state.order {
+            tensors.push(("order", to_host(order)));
+        }
+        if let Some(best) = &state.best {
+            tensors.push(("best_params", to_host(&best.params)));
+        }
+        let meta = Meta {
+            format_version: FORMAT_VERSION,
+            trainer_version: env!("CARGO_PKG_VERSION").into(),
+            epoch: state.epoch,
+            step: state.step,
+            optimizer_steps: state.optimizer.steps(),
+            config: self.config.clone(),
+            train_fingerprint: self.train_fingerprint.clone(),
+            train_samples: self.train_samples,
+            metrics: metrics.to_vec(),
+            best: state.best.as_ref().map(|b| (b.loss, b.epoch)),
+            early_stop: state.early_stop,
+            tensors_sha256: digest(tensors.iter().map(|(n, t)| (*n, t.data.as_slice()))),
+        };
+        let position = (state.epoch * self.steps_per_epoch + state.step) as u64;
+        let path = self.dir.join(file_name(position));
+        let tmp = self.dir.join(format!(".{}.{}.tmp", file_name(position), std::process::id()));
+        let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&meta)?)]);
+        safetensors::tensor::serialize_to_file(
+            tensors.iter().map(|(n, t)| (*n, t)),
+            &Some(info),
+            &tmp,
+        )
+        .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).ok();
+        info!(path = %path.display(), epoch = state.epoch, step = state.step, "checkpoint written");
+        self.prune(&path)?;
+        Ok(path)
+    }
+
+    /// Keeps the newest `keep` checkpoints (the one just written among them) and removes what a
+    /// `start_fresh` run set aside.
+    fn prune(&mut self, newest: &Path) -> Result<()> {
+        for old in self.superseded.drain(..) {
+            if old != newest {
+                info!(path = %old.display(), "start_fresh: removing an earlier run's checkpoint");
+                std::fs::remove_file(&old).ok();
+            }
+        }
+        for old in
+            list(&self.dir)?.into_iter().filter(|p| p != newest).skip(self.keep.saturating_sub(1))
+        {
+            std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A state restored from a checkpoint, with the job's metrics up to it.
+pub struct Restored {
+    pub state: TrainState,
+    pub metrics: Vec<EpochMetrics>,
+    pub path: PathBuf,
+}
+
+/// Resumes from the newest valid checkpoint in `dir`, if there is one.
+///
+/// A corrupt or truncated file is skipped (with a warning) for the one before it; if files
+/// exist but none is valid, that is an error rather than a silent restart. A valid checkpoint
+/// from another configuration or other training data is an error naming the difference.
+pub fn load_latest(
+    dir: &Path,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    samples: usize,
+    features: usize,
+    device: Device,
+) -> Result<Option<Restored>> {
+    let files = list(dir)?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
+    let mut problems = Vec::new();
+    for path in files {
+        match read(&path, &sizes, samples, device) {
+            Ok((meta, tensors)) => {
+                return restore(path, meta, tensors, cfg, fingerprint, &sizes, device).map(Some)
+            }
+            Err(why) => {
+                warn!(path = %path.display(), "skipping unusable checkpoint: {why:#}");
+                problems.push(format!(
+                    "{}: {why:#}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ));
+            }
+        }
+    }
+    Err(user(format!(
+        "{}: no valid checkpoint to resume from ({}); set hyperparameter start_fresh=true to start over",
+        dir.display(),
+        problems.join("; ")
+    )))
+}
+
+/// Reads and verifies one checkpoint file: size, format, dtypes, shapes, checksum.
+fn read(
+    path: &Path,
+    sizes: &[usize],
+    samples: usize,
+    device: Device,
+) -> Result<(Meta, HashMap<String, Tensor>)> {
+    let params = model::param_count(sizes);
+    // Four parameter-sized buffers, the order, and generous room for the header and metrics.
+    let limit = (4 * params * 4 + samples * 8 + (64 << 20)) as u64;
+    let len = std::fs::metadata(path)?.len();
+    anyhow::ensure!(
+        len <= limit,
+        "{len} bytes, more than the {limit} a checkpoint of this model can take"
+    );
+    let bytes = std::fs::read(path)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("not a readable safetensors file: {e:?}"))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("unreadable header: {e:?}"))?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| anyhow::anyhow!("no {META_KEY} metadata"))?;
+    let meta: Meta = serde_json::from_str(meta_json).context("metadata")?;
+    anyhow::ensure!(
+        meta.format_version == FORMAT_VERSION,
+        "format_version {} (this trainer reads {FORMAT_VERSION})",
+        meta.format_version
+    );
+    let p = params;
+    let mut expected: Vec<(&str, Dtype, Vec<usize>)> = vec![
+        ("params", Dtype::F32, vec![p]),
+        ("optimizer.first", Dtype::F32, vec![p]),
+        ("optimizer.second", Dtype::F32, vec![p]),
+        ("loss_sum", Dtype::F32, vec![]),
+        ("correct", Dtype::I64, vec![]),
+    ];
+    if meta.step > 0 {
+        expected.push(("order", Dtype::I64, vec![samples]));
+    }
+    if meta.best.is_some() {
+        expected.push(("best_params", Dtype::F32, vec![p]));
+    }
+    anyhow::ensure!(
+        st.names().len() == expected.len(),
+        "{} tensors, expected {}",
+        st.names().len(),
+        expected.len()
+    );
+    let mut raw = Vec::new();
+    for (name, dtype, shape) in &expected {
+        let view = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor {name} is missing"))?;
+        anyhow::ensure!(
+            view.dtype() == *dtype && view.shape() == shape.as_slice(),
+            "tensor {name} is {:?} {:?}, expected {dtype:?} {shape:?}",
+            view.dtype(),
+            view.shape()
+        );
+        raw.push((*name, view.data()));
+    }
+    anyhow::ensure!(
+        digest(raw.iter().map(|(n, d)| (*n, *d))) == meta.tensors_sha256,
+        "checksum mismatch: the tensors were altered or damaged"
+    );
+    let mut tensors = HashMap::new();
+    for (name, data) in raw {
+        let view = st.tensor(name).expect("checked above");
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let kind = if view.dtype() == Dtype::I64 { Kind::Int64 } else { Kind::Float };
+        let t = Tensor::from_data_size(data, &shape, kind).to_device(device);
+        tensors.insert(name.to_string(), t);
+    }
+    Ok((meta, tensors))
+}
+
+fn restore(
+    path: PathBuf,
+    meta: Meta,
+    mut t: HashMap<String, Tensor>,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    sizes: &[usize],
+    device: Device,
+) -> Result<Restored> {
+    let name = path.display();
+    let diffs = cfg.result_differences(&meta.config);
+    if !diffs.is_empty() {
+        return Err(user(format!(
+            "{name}: this checkpoint was made with other hyperparameters: {}; use the same values, \
+             or set start_fresh=true to start over",
+            diffs.join(", ")
+        )));
+    }
+    if meta.train_fingerprint != fingerprint {
+        return Err(user(format!(
+            "{name}: this checkpoint was trained on other data ({} samples, {}); set \
+             start_fresh=true to start over",
+            meta.train_samples, meta.train_fingerprint
+        )));
+    }
+    if meta.epoch > cfg.epochs {
+        return Err(user(format!(
+            "{name}: the checkpoint is past epoch {}, beyond epochs={}",
+            meta.epoch, cfg.epochs
+        )));
+    }
+    let mut take = |n: &str| t.remove(n).expect("verified by read");
+    let model = Mlp::from_flat(sizes, take("params"));
+    let mut optimizer = Optimizer::new(cfg, model::param_count(sizes), device);
+    optimizer.restore(&take("optimizer.first"), &take("optimizer.second"), meta.optimizer_steps);
+    let order = (meta.step > 0).then(|| take("order"));
+    let best = meta.best.map(|(loss, epoch)| Best { loss, epoch, params: take("best_params") });
+    let history = meta
+        .metrics
+        .iter()
+        .map(|m| EpochStats {
+            epoch: m.epoch,
+            learning_rate: m.learning_rate,
+            train: Score { loss: m.train_loss, accuracy: m.train_accuracy },
+            validation: m
+                .validation_loss
+                .zip(m.validation_accuracy)
+                .map(|(loss, accuracy)| Score { loss, accuracy }),
+            samples: meta.train_samples,
+        })
+        .collect();
+    let state = TrainState {
+        model,
+        optimizer,
+        epoch: meta.epoch,
+        step: meta.step,
+        order,
+        loss_sum: take("loss_sum"),
+        correct: take("correct"),
+        history,
+        best,
+        early_stop: meta.early_stop,
+    };
+    info!(path = %name, epoch = meta.epoch, step = meta.step, "resuming from checkpoint");
+    Ok(Restored { state, metrics: meta.metrics, path })
+}
