@@ -10,6 +10,9 @@
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
+//! | [`native`]    | the C++ shim: ATen kernels tch does not bind (fused Adam)             |
+//! | [`step`]      | one optimizer step: libtorch ops on any device, or the CPU fast path |
+//! | [`kernels`]   | the fast path's small parts as Rust loops (softmax-CE, ReLU, Adam)   |
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
 //! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
@@ -28,7 +31,10 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod job;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod native;
 pub mod optim;
+pub mod step;
 pub mod train;

@@ -211,13 +211,18 @@ pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     (loss_sum, correct)
 }
 
-/// A dropout mask for one layer: 0 with probability `p`, else `1/(1-p)`, from a generator
-/// seeded per (seed, epoch, step, layer) so that a resumed run draws the same masks.
-pub fn dropout_mask(p: f64, rows: usize, cols: usize, seed: [u64; 4], device: Device) -> Tensor {
+/// A dropout mask for one layer, row-major `rows × cols`: 0 with probability `p`, else
+/// `1/(1-p)`, from a generator seeded per (seed, epoch, step, layer) so that a resumed run draws
+/// the same masks on any device.
+pub fn dropout_values(p: f64, rows: usize, cols: usize, seed: [u64; 4]) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed));
     let keep = (1.0 / (1.0 - p)) as f32;
-    let values: Vec<f32> =
-        (0..rows * cols).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect();
+    (0..rows * cols).map(|_| if rng.gen::<f64>() < p { 0.0 } else { keep }).collect()
+}
+
+/// [`dropout_values`] as a tensor on `device`.
+pub fn dropout_mask(p: f64, rows: usize, cols: usize, seed: [u64; 4], device: Device) -> Tensor {
+    let values = dropout_values(p, rows, cols, seed);
     Tensor::from_slice(&values).view([rows as i64, cols as i64]).to_device(device)
 }
 

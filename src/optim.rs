@@ -5,9 +5,11 @@
 //! one update touches the whole model in a few operations instead of a loop over tensors.
 //! The formulas are PyTorch's (which match Keras' up to where epsilon sits in Adam).
 
+use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{OptimizerKind, TrainConfig};
+use crate::{kernels, native};
 
 /// RMSprop's moving-average factor, Keras' default `rho`.
 pub const RMSPROP_RHO: f64 = 0.9;
@@ -24,6 +26,10 @@ pub struct Optimizer {
     /// Second moment (Adam/AdamW, RMSprop).
     second: Tensor,
     steps: u64,
+    /// `steps` as a float scalar on the device, as ATen's fused Adam reads it.
+    step_tensor: Tensor,
+    /// Element pointers of `first` and `second` for the CPU fast path, looked up once.
+    host_state: Option<(*mut f32, *mut f32)>,
 }
 
 impl Optimizer {
@@ -39,6 +45,8 @@ impl Optimizer {
             first: zeros(),
             second: zeros(),
             steps: 0,
+            step_tensor: Tensor::zeros([], (Kind::Float, device)),
+            host_state: None,
         }
     }
 
@@ -56,11 +64,78 @@ impl Optimizer {
         self.first.copy_(first);
         self.second.copy_(second);
         self.steps = steps;
+        let _ = self.step_tensor.fill_(steps as f64);
+    }
+
+    /// [`Optimizer::step`] for CPU training, given the parameters and gradients as slices (the
+    /// fast path keeps them at hand). Adam and AdamW run as one Rust loop over the buffers:
+    /// ATen's fused CPU kernel measured several times slower here (bench/step.rs).
+    ///
+    /// # Safety
+    /// `params` and `grads` must be distinct buffers of the same length, with nothing else
+    /// referencing either meanwhile; the optimizer's state must live on the CPU.
+    pub unsafe fn step_host(
+        &mut self,
+        params_tensor: &Tensor,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f64,
+    ) -> Result<()> {
+        let (l2, decay) = match self.kind {
+            OptimizerKind::Adam => (self.weight_decay, 1.0),
+            OptimizerKind::AdamW => (0.0, 1.0 - lr * self.weight_decay),
+            _ => {
+                let g = Tensor::from_slice(grads);
+                return self.step(params_tensor, &g, lr);
+            }
+        };
+        self.steps += 1;
+        let adam = kernels::Adam {
+            lr: lr as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            eps: self.eps as f32,
+            l2: l2 as f32,
+            decay: decay as f32,
+            step: self.steps,
+        };
+        let (first, second) = self.host_state.get_or_insert_with(|| {
+            for t in [&self.first, &self.second] {
+                assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
+            }
+            (self.first.data_ptr() as *mut f32, self.second.data_ptr() as *mut f32)
+        });
+        let n = params.len();
+        adam.update(
+            params,
+            grads,
+            std::slice::from_raw_parts_mut(*first, n),
+            std::slice::from_raw_parts_mut(*second, n),
+        );
+        Ok(())
     }
 
     /// One update of `params` from `grads` at learning rate `lr`.
-    pub fn step(&mut self, params: &Tensor, grads: &Tensor, lr: f64) {
+    pub fn step(&mut self, params: &Tensor, grads: &Tensor, lr: f64) -> Result<()> {
         self.steps += 1;
+        if matches!(self.kind, OptimizerKind::Adam | OptimizerKind::AdamW) {
+            let args = native::AdamArgs {
+                lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                weight_decay: self.weight_decay,
+                eps: self.eps,
+                decoupled: self.kind == OptimizerKind::AdamW,
+            };
+            return native::fused_adam(
+                params,
+                grads,
+                &self.first,
+                &self.second,
+                &self.step_tensor,
+                args,
+            );
+        }
         let mut p = params.shallow_clone();
         let wd = self.weight_decay;
         // L2 regularisation adds to the gradient; AdamW decays the weights directly.
@@ -71,19 +146,7 @@ impl Optimizer {
         };
         match self.kind {
             OptimizerKind::Adam | OptimizerKind::AdamW => {
-                if self.kind == OptimizerKind::AdamW && wd > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * wd);
-                }
-                let t = self.steps as i32;
-                let bc1 = 1.0 - self.beta1.powi(t);
-                let bc2 = 1.0 - self.beta2.powi(t);
-                let _ = self.first.lerp_(&g, 1.0 - self.beta1);
-                let _ = self.second.g_mul_scalar_(self.beta2);
-                let _ = self.second.addcmul_(&(&g * (1.0 - self.beta2)), &g);
-                let mut denom = self.second.sqrt();
-                let _ = denom.g_div_scalar_(bc2.sqrt());
-                let _ = denom.g_add_scalar_(self.eps);
-                let _ = p.addcdiv_(&(&self.first * (-lr / bc1)), &denom);
+                unreachable!("handled by the fused kernel")
             }
             OptimizerKind::Sgd => {
                 if self.momentum > 0.0 {
@@ -108,6 +171,7 @@ impl Optimizer {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -134,7 +198,7 @@ mod tests {
         let mut ref_opt = reference.build(&vs, 0.01).unwrap();
         for _ in 0..20 {
             let grad = (&ours - &target) * 2.0;
-            opt.step(&ours, &grad, 0.01);
+            opt.step(&ours, &grad, 0.01).unwrap();
             let loss = (&theirs - &target).square().sum(Kind::Float);
             ref_opt.backward_step(&loss);
         }

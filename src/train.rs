@@ -16,8 +16,9 @@ use tch::{Device, Kind, Tensor};
 use crate::config::TrainConfig;
 use crate::data::Dataset;
 use crate::error::Stopped;
-use crate::model::{self, dense_views, Mlp};
+use crate::model::{self, Mlp};
 use crate::optim::Optimizer;
+use crate::step;
 
 /// Batch size for evaluation: large enough to amortise per-call overhead, small enough to keep
 /// memory flat.
@@ -48,7 +49,7 @@ impl DeviceData {
     }
 
     /// Float pixels in [0, 1] and labels for the rows `idx`.
-    fn batch(&self, idx: &Tensor) -> (Tensor, Tensor) {
+    pub(crate) fn batch(&self, idx: &Tensor) -> (Tensor, Tensor) {
         let x = self.images.index_select(0, idx).to_kind(Kind::Float) * (1.0 / 255.0);
         (x, self.labels.index_select(0, idx))
     }
@@ -227,12 +228,10 @@ pub fn resume(
     hooks: &mut impl Hooks,
 ) -> Result<Outcome> {
     let device = train.labels.device();
-    let sizes = state.model.sizes().to_vec();
-    let grad_flat = Tensor::zeros_like(&state.model.flat);
-    let grads = dense_views(&grad_flat, &sizes);
     let n = train.len();
     let batch = cfg.batch_size as i64;
     let steps = steps_per_epoch(n, cfg.batch_size);
+    let mut stepper = step::for_device(cfg, train, &state);
     while !state.finished(cfg) {
         let epoch = state.epoch;
         let lr = cfg.learning_rate_at(epoch);
@@ -248,15 +247,7 @@ pub fn resume(
                 return Err(Stopped::default().into());
             }
             let start = state.step as i64 * batch;
-            let len = batch.min(n - start);
-            let (x, y) = train.batch(&order.narrow(0, start, len));
-            let masks = dropout_masks(cfg, &sizes, len as usize, epoch, state.step as u64, device);
-            let (logits, tape) = state.model.forward_train(&x, masks);
-            let (dlogits, l, c) = model::cross_entropy_grad(&logits, &y);
-            state.model.backward(&tape, dlogits, &grads);
-            state.optimizer.step(&state.model.flat, &grad_flat, lr);
-            let _ = state.loss_sum.g_add_(&l);
-            let _ = state.correct.g_add_(&c);
+            stepper.step(&mut state, &order, start, batch.min(n - start), epoch, lr)?;
             state.step += 1;
         }
         let stats = EpochStats {
@@ -300,29 +291,8 @@ fn track_best(cfg: &TrainConfig, state: &mut TrainState, stats: &EpochStats) {
     }
 }
 
-fn dropout_masks(
-    cfg: &TrainConfig,
-    sizes: &[usize],
-    rows: usize,
-    epoch: usize,
-    step: u64,
-    device: Device,
-) -> Vec<Option<Tensor>> {
-    let hidden = &sizes[1..sizes.len() - 1];
-    hidden
-        .iter()
-        .enumerate()
-        .map(|(i, &width)| {
-            (cfg.dropout > 0.0).then(|| {
-                let seed = [cfg.seed, epoch as u64, step, i as u64];
-                model::dropout_mask(cfg.dropout, rows, width, seed, device)
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A learnable toy problem: the label is which quarter of the image is brightest.
