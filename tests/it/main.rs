@@ -3,5 +3,6 @@
 
 mod contract;
 mod failures;
+mod infra;
 mod training;
 mod util;
