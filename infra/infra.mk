@@ -18,6 +18,8 @@ INFRA_STAMP := $(INFRA_VENV)/.complete
 
 $(INFRA_STAMP): infra/requirements.txt
 	rm -rf "$(INFRA_VENV)"
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv "$(INFRA_VENV)"
 	"$(INFRA_VENV)/bin/pip" install --quiet --disable-pip-version-check --no-deps \
 	  -r infra/requirements.txt
@@ -47,15 +49,17 @@ tune:
 	$(INFRA_SH) tune
 
 # Offline: no AWS account, no network. cfn-lint with its informational rules; the workflow
-# against GitHub's schema (and the rule that every job has a timeout); then infra/tests: the
-# requests against botocore's SageMaker model, the metric regexes against the real trainer's
-# output, the IAM policies, and the make targets against a local stub of the AWS APIs.
+# against GitHub's schema (and the rule that every job has a timeout); shellcheck; then
+# infra/tests: the requests against botocore's SageMaker model, the metric regexes against the
+# real trainer's output, the IAM policies, and the make targets against a local stub of the AWS
+# APIs. (tests/it/infra.rs, run by test-rust, checks the templates' hyperparameters.)
 test-infra: $(INFRA_STAMP) build
 	"$(INFRA_VENV)/bin/cfn-lint" --include-checks I -- infra/cloudformation.yaml
 	"$(INFRA_VENV)/bin/check-jsonschema" --builtin-schema vendor.github-workflows \
 	  infra/github-actions/sagemaker.yml
 	"$(INFRA_VENV)/bin/check-jsonschema" --builtin-schema custom.github-workflows-require-timeout \
 	  infra/github-actions/sagemaker.yml
+	"$(INFRA_VENV)/bin/shellcheck" infra/sagemaker.sh
 	SMTRAIN_BIN="$(BIN)" OMP_NUM_THREADS=1 "$(INFRA_VENV)/bin/python" -m unittest discover \
 	  --start-directory infra/tests --top-level-directory infra/tests
 
