@@ -4,5 +4,6 @@
 mod checkpoints;
 mod contract;
 mod failures;
+mod infra;
 mod training;
 mod util;

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Prints how a finished SageMaker job went and exits 0 only when it completed.
+
+    aws sagemaker describe-training-job ... --output json | job_report.py training
+    aws sagemaker describe-hyper-parameter-tuning-job ... --output json | job_report.py tuning
+
+Training: status, FailureReason, final metrics, model location, billable time.
+Tuning: status, FailureReason, job counts, the best job with its objective value and tuned
+hyperparameters. A tuning job that "completed" without one successful training job fails too.
+Under GitHub Actions the failure reason also becomes an error annotation and the report goes to
+the step summary. Python standard library only.
+"""
+
+import json
+import os
+import sys
+
+
+def training(job):
+    lines = [f"training job {job.get('TrainingJobName')}: {job.get('TrainingJobStatus')}"
+             f" ({job.get('SecondaryStatus')})"]
+    ok = job.get("TrainingJobStatus") == "Completed"
+    failure = job.get("FailureReason")
+    if failure:
+        lines.append(f"FailureReason: {failure}")
+    metrics = job.get("FinalMetricDataList") or []
+    if metrics:
+        lines.append("final metrics:")
+        width = max(len(m["MetricName"]) for m in metrics)
+        lines += [f"  {m['MetricName']:<{width}}  {m['Value']:.6g}"
+                  for m in sorted(metrics, key=lambda m: m["MetricName"])]
+    model = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    if model:
+        lines.append(f"model: {model}")
+    billable, total = job.get("BillableTimeInSeconds"), job.get("TrainingTimeInSeconds")
+    if billable is not None:
+        saved = f" (managed spot saved {100 * (1 - billable / total):.0f}%)" if total else ""
+        lines.append(f"billable seconds: {billable}{saved}")
+    return ok, failure, lines
+
+
+def tuning(job):
+    status = job.get("HyperParameterTuningJobStatus")
+    lines = [f"tuning job {job.get('HyperParameterTuningJobName')}: {status}"]
+    failure = job.get("FailureReason")
+    if failure:
+        lines.append(f"FailureReason: {failure}")
+    counts = job.get("TrainingJobStatusCounters") or {}
+    if counts:
+        lines.append("training jobs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    best = job.get("BestTrainingJob")
+    if best:
+        objective = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+        lines.append(f"best training job: {best.get('TrainingJobName')}"
+                     f" {objective.get('MetricName')}={objective.get('Value')}")
+        for key, value in sorted((best.get("TunedHyperParameters") or {}).items()):
+            lines.append(f"  {key}={value}")
+    ok = status == "Completed" and counts.get("Completed", 0) > 0
+    if status == "Completed" and not ok:
+        failure = failure or "no training job of the tuning job completed"
+        lines.append(failure)
+    return ok, failure, lines
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("training", "tuning"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    job = json.load(sys.stdin)
+    ok, failure, lines = (training if argv[1] == "training" else tuning)(job)
+    print("\n".join(lines))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        if not ok:
+            reason = (failure or "the job did not complete").replace("%", "%25")
+            reason = reason.replace("\r", "%0D").replace("\n", "%0A")
+            print(f"::error title=SageMaker {argv[1]} job failed::{reason}")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            with open(summary, "a") as f:
+                f.write("```\n" + "\n".join(lines) + "\n```\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,93 @@
+//! The hyperparameters in `infra/`'s request templates, through the trainer's own parser: the
+//! training job's must be accepted keys holding the notebook's defaults; the tuning job's static
+//! values, and every value its ranges can reach, must be accepted too. (The templates'
+//! hyperparameters are literal strings that rendering leaves alone; `infra/tests` checks that.)
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use smtrain::config::{is_platform_key, TrainConfig, KEYS};
+
+fn template(name: &str) -> Value {
+    let path = format!("{}/infra/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// A JSON object of strings as the map SageMaker writes to `hyperparameters.json`.
+fn strings(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .expect("hyperparameters are an object")
+        .iter()
+        .map(|(k, v)| {
+            (k.clone(), v.as_str().unwrap_or_else(|| panic!("{k}: {v} is not a string")).into())
+        })
+        .collect()
+}
+
+fn parse(map: &BTreeMap<String, String>) -> TrainConfig {
+    TrainConfig::from_hyperparameters(map).unwrap_or_else(|e| panic!("{map:?}: {e:#}"))
+}
+
+fn assert_accepted_keys<'a>(keys: impl IntoIterator<Item = &'a String>) {
+    let accepted: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    for key in keys {
+        // Platform keys would be ignored and aliases only tolerated: neither belongs in a template.
+        assert!(accepted.contains(&key.as_str()), "{key} is not one of the trainer's keys");
+        assert!(!is_platform_key(key), "{key} is a platform key");
+    }
+}
+
+#[test]
+fn training_job_hyperparameters_are_the_notebook_defaults() {
+    let hp = strings(&template("training-job.json")["HyperParameters"]);
+    assert_accepted_keys(hp.keys());
+    assert_eq!(parse(&hp), TrainConfig::default());
+    // The values users come to change are spelt out, not left to the defaults.
+    for key in ["epochs", "batch_size", "learning_rate", "hidden_units", "dropout", "optimizer"] {
+        assert!(hp.contains_key(key), "the training job should show {key}");
+    }
+}
+
+#[test]
+fn tuning_job_static_values_and_every_range_end_parse() {
+    let tpl = template("tuning-job.json");
+    let fixed = strings(&tpl["TrainingJobDefinition"]["StaticHyperParameters"]);
+    assert_accepted_keys(fixed.keys());
+    parse(&fixed);
+
+    let ranges = &tpl["HyperParameterTuningJobConfig"]["ParameterRanges"];
+    let mut tuned = Vec::new();
+    let mut values: Vec<(String, String)> = Vec::new();
+    for kind in ["ContinuousParameterRanges", "IntegerParameterRanges"] {
+        for range in ranges[kind].as_array().into_iter().flatten() {
+            let name = range["Name"].as_str().unwrap().to_string();
+            for end in ["MinValue", "MaxValue"] {
+                values.push((name.clone(), range[end].as_str().unwrap().into()));
+            }
+            tuned.push(name);
+        }
+    }
+    for range in ranges["CategoricalParameterRanges"].as_array().into_iter().flatten() {
+        let name = range["Name"].as_str().unwrap().to_string();
+        for value in range["Values"].as_array().unwrap() {
+            values.push((name.clone(), value.as_str().unwrap().into()));
+        }
+        tuned.push(name);
+    }
+    assert_accepted_keys(&tuned);
+    for key in &tuned {
+        assert!(!fixed.contains_key(key), "{key} is both tuned and static");
+    }
+    for want in ["learning_rate", "batch_size", "hidden_units", "dropout"] {
+        assert!(tuned.iter().any(|k| k == want), "the tuning job should tune {want}");
+    }
+    for (key, value) in values {
+        // Each value SageMaker may pass, on top of the static ones, as one job would get it.
+        let mut hp = fixed.clone();
+        hp.insert(key.clone(), value.clone());
+        let cfg = parse(&hp);
+        if key == "batch_size" {
+            assert_eq!(cfg.batch_size.to_string(), value, "integer ranges hold whole numbers");
+        }
+    }
+}
