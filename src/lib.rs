@@ -13,6 +13,7 @@
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
+//! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
 //!
@@ -29,4 +30,5 @@ pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod s3;
 pub mod train;
