@@ -3,5 +3,6 @@
 
 mod contract;
 mod failures;
+mod s3;
 mod training;
 mod util;
