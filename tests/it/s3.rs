@@ -18,7 +18,7 @@ use smtrain::train::{evaluate, DeviceData};
 use tch::Device;
 
 use crate::util::{fixture, Job, Run};
-use server::{BreakingProxy, Server};
+use server::{BreakingProxy, Fault, Server};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -255,6 +255,72 @@ fn large_object_downloads_in_ranges_byte_for_byte() {
     assert!(std::fs::read(dir.path().join("train/blob.bin")).unwrap() == bytes);
 }
 
+/// A connection that breaks in the middle of a body is resumed from where it stopped, and the
+/// file comes out exact.
+#[test]
+fn broken_download_is_resumed_byte_for_byte() {
+    let Some(s) = Server::start() else { return };
+    s.create_bucket("big");
+    let bytes = random_bytes(9 << 20, 5);
+    s.put("big", "x/blob.bin", bytes.clone());
+    let proxy = BreakingProxy::start(s.port, Fault::OneDownloadAfter(3 << 20));
+    let opts = TransferOptions { concurrency: 1, ..TransferOptions::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let channel = ChannelDownload {
+        name: "train".into(),
+        uri: "s3://big/x/".parse().unwrap(),
+        dir: dir.path().join("train"),
+    };
+    let client = s.client_at(&proxy.endpoint(), opts);
+    s.block_on(download_channels(&client, &[channel], &AtomicBool::new(false))).unwrap();
+    assert!(proxy.tripped(), "the connection was never broken");
+    assert!(std::fs::read(dir.path().join("train/blob.bin")).unwrap() == bytes);
+}
+
+/// SIGTERM during a download stops the job promptly, as during training, and cleans up.
+#[test]
+fn sigterm_during_download_stops_and_cleans_up() {
+    let Some(s) = Server::start() else { return };
+    s.create_bucket("big");
+    s.put("big", "train/blob.bin", random_bytes(96 << 20, 13));
+    let job = Job::new();
+    let mut child = command(&job, Some(&s))
+        .args(["--channel", "train=s3://big/train/"])
+        .env("SMTRAIN_S3_CONCURRENCY", "1")
+        .env("SMTRAIN_S3_MULTIPART_THRESHOLD", "5MiB")
+        .env("SMTRAIN_S3_PART_SIZE", "5MiB")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_partial(&job, &mut child);
+    let sent = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed().as_secs_f64() < 5.0, "took {:?}", sent.elapsed());
+    assert_eq!(status.code(), Some(143));
+    assert!(job.failure().unwrap().starts_with("Stopped: stopped by SIGTERM"));
+    assert!(files_under(&job.path("input/data")).is_empty());
+}
+
+/// Waits until `train` is writing the object's temporary file; returns its path.
+fn wait_for_partial(job: &Job, child: &mut std::process::Child) -> String {
+    let data = job.path("input/data");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let found = files_under(&data)
+            .into_iter()
+            .find(|f| f.ends_with(".blob.bin.part"))
+            .filter(|f| std::fs::metadata(data.join(f)).map(|m| m.len() > 0).unwrap_or(false));
+        if let Some(f) = found {
+            return f;
+        }
+        assert!(std::time::Instant::now() < deadline, "the download never started");
+        assert!(child.try_wait().unwrap().is_none(), "train exited before the download");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// A model over the (lowered) multipart threshold is uploaded in 5 MiB parts and reloads to
 /// the same weights.
 #[test]
@@ -302,7 +368,7 @@ fn failed_multipart_upload_is_aborted_leaving_no_parts() {
     let file = dir.path().join("model.tar.gz");
     std::fs::write(&file, random_bytes(12 << 20, 3)).unwrap();
     // One 5 MiB part may pass, then the connections break.
-    let proxy = BreakingProxy::start(s.port, 7 << 20);
+    let proxy = BreakingProxy::start(s.port, Fault::UploadsAfter(7 << 20));
     let opts = TransferOptions { concurrency: 1, multipart_threshold: 5 << 20, part_size: 5 << 20 };
     let dest: S3Uri = "s3://out/runs/j/output/model.tar.gz".parse().unwrap();
     let err = s.block_on(upload_file(&s.client_at(&proxy.endpoint(), opts), &file, &dest));
@@ -336,20 +402,8 @@ fn server_stopped_mid_download_leaves_no_complete_looking_file() {
         .spawn()
         .unwrap();
     // Kill the server as soon as the object's temporary file has bytes in it.
+    let partial = wait_for_partial(&job, &mut child);
     let data = job.path("input/data");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let partial = loop {
-        let found = files_under(&data)
-            .into_iter()
-            .find(|f| f.ends_with(".blob.bin.part"))
-            .filter(|f| std::fs::metadata(data.join(f)).map(|m| m.len() > 0).unwrap_or(false));
-        if let Some(f) = found {
-            break f;
-        }
-        assert!(std::time::Instant::now() < deadline, "the download never started");
-        assert!(child.try_wait().unwrap().is_none(), "train exited before the download");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
     s.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -231,26 +231,37 @@ fn dummy_s3() -> S3 {
     S3::for_endpoint("http://127.0.0.1:9", REGION, "x", "y", TransferOptions::default())
 }
 
-/// A TCP proxy to `upstream` that lets the first `limit` bytes sent towards the server through,
-/// then breaks every open connection and lets each new one send only 64 KiB: large request
-/// bodies (upload parts) fail from then on, small requests (an abort) still pass.
+/// What a [`BreakingProxy`] breaks.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Lets the first N bytes sent towards the server through, then breaks every open
+    /// connection and lets each new one send only 64 KiB: large request bodies (upload parts)
+    /// fail from then on, small requests (an abort) still pass.
+    UploadsAfter(u64),
+    /// Breaks the first connection that has received N bytes from the server, once; everything
+    /// after that passes.
+    OneDownloadAfter(u64),
+}
+
+/// A TCP proxy in front of `upstream` that injects a network fault.
 pub struct BreakingProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    state: Arc<ProxyState>,
 }
 
 impl BreakingProxy {
-    pub fn start(upstream: u16, limit: u64) -> Self {
+    pub fn start(upstream: u16, fault: Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(ProxyState {
+            fault,
             sent: AtomicU64::new(0),
-            limit,
             tripped: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
         });
-        let stop2 = stop.clone();
+        let (stop2, state2) = (stop.clone(), state.clone());
         listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
@@ -260,22 +271,27 @@ impl BreakingProxy {
                         let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                             continue;
                         };
-                        let born_tripped = state.tripped.load(Ordering::SeqCst);
-                        state.open.lock().unwrap().push(client.try_clone().unwrap());
+                        let born_tripped = state2.tripped.load(Ordering::SeqCst);
+                        state2.open.lock().unwrap().push(client.try_clone().unwrap());
                         let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                        let st = state.clone();
+                        let (st, st2) = (state2.clone(), state2.clone());
                         std::thread::spawn(move || st.pump_up(client, server, born_tripped));
-                        std::thread::spawn(move || pump(s2, c2));
+                        std::thread::spawn(move || st2.pump_down(s2, c2));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Self { port, stop }
+        Self { port, stop, state }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the fault has happened.
+    pub fn tripped(&self) -> bool {
+        self.state.tripped.load(Ordering::SeqCst)
     }
 }
 
@@ -286,14 +302,14 @@ impl Drop for BreakingProxy {
 }
 
 struct ProxyState {
+    fault: Fault,
     sent: AtomicU64,
-    limit: u64,
     tripped: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
 }
 
 impl ProxyState {
-    /// Client → server, breaking as described on [`BreakingProxy`].
+    /// Client → server.
     fn pump_up(&self, mut from: TcpStream, mut to: TcpStream, born_tripped: bool) {
         let mut buf = vec![0u8; 64 << 10];
         let mut mine = 0u64;
@@ -304,15 +320,17 @@ impl ProxyState {
             };
             mine += n;
             let total = self.sent.fetch_add(n, Ordering::SeqCst) + n;
-            if !self.tripped.load(Ordering::SeqCst) && total > self.limit {
-                self.tripped.store(true, Ordering::SeqCst);
-                for s in self.open.lock().unwrap().iter() {
-                    let _ = s.shutdown(Shutdown::Both);
+            if let Fault::UploadsAfter(limit) = self.fault {
+                if !self.tripped.load(Ordering::SeqCst) && total > limit {
+                    self.tripped.store(true, Ordering::SeqCst);
+                    for s in self.open.lock().unwrap().iter() {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                    break;
                 }
-                break;
-            }
-            if born_tripped && mine > 64 << 10 {
-                break;
+                if born_tripped && mine > 64 << 10 {
+                    break;
+                }
             }
             if to.write_all(&buf[..n as usize]).is_err() {
                 break;
@@ -321,10 +339,27 @@ impl ProxyState {
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
     }
-}
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
+    /// Server → client.
+    fn pump_down(&self, mut from: TcpStream, mut to: TcpStream) {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut mine = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n as u64,
+            };
+            mine += n;
+            if let Fault::OneDownloadAfter(limit) = self.fault {
+                if mine > limit && !self.tripped.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+            }
+            if to.write_all(&buf[..n as usize]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    }
 }
