@@ -12,7 +12,6 @@
 //! `SMTRAIN_BENCH_LARGE_SIZE` (256MiB), `SMTRAIN_BENCH_ROUNDS` (3).
 
 #[path = "../tests/it/s3/server.rs"]
-#[allow(dead_code)]
 mod server;
 
 use std::path::{Path, PathBuf};
