@@ -302,6 +302,10 @@ async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> R
             }
         }
     }
+    // A signal that came after the last tick still stops the job before training.
+    if stop.load(Ordering::Relaxed) {
+        return Err(Stopped("a signal").into());
+    }
     Ok(Transferred {
         objects: total_objects,
         bytes: progress.bytes.load(Ordering::Relaxed),

@@ -423,8 +423,11 @@ fn failure_reason_is_uploaded_after_a_failed_run() {
     let Some(s) = Server::start() else { return };
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "0")]);
+    // The S3-specific endpoint variable wins over the general one (which goes nowhere here).
     let r = run(command(&job, Some(&s))
         .args(["--output", "s3://out/ci/"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ENDPOINT_URL_S3", s.endpoint())
         .env("TRAINING_JOB_NAME", "bad-hp"));
     assert_eq!(r.code(), Some(1));
     let local = job.failure().unwrap();
