@@ -15,6 +15,7 @@ use crate::config::KEYS;
 use crate::contract::{Paths, DEFAULT_BASE_DIR};
 use crate::error::{is_user_error, Stopped};
 use crate::job::{self, Summary};
+use crate::s3::{self, ChannelArg, S3Uri};
 
 /// Exit code for errors in the job's input (hyperparameters, channels, data).
 pub const EXIT_USER_ERROR: u8 = 1;
@@ -39,6 +40,17 @@ pub struct Cli {
     /// The contract's base folder; every path below derives from it.
     #[arg(long, global = true, env = "SAGEMAKER_BASE_DIR", default_value = DEFAULT_BASE_DIR)]
     base_dir: PathBuf,
+
+    /// A channel from S3 or a local folder, e.g. train=s3://bucket/prefix/ or
+    /// test=/data/test (repeatable). Adds to, or replaces, inputdataconfig.json's channels; S3
+    /// objects are downloaded into input/data/<NAME>/ before training.
+    #[arg(long = "channel", value_name = "NAME=URI", global = true)]
+    channels: Vec<ChannelArg>,
+
+    /// Upload model.tar.gz and output.tar.gz (after success) or the failure reason (after a
+    /// failure) to s3://BUCKET/PREFIX/<job-name>/output/.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", global = true)]
+    output: Option<S3Uri>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,10 +89,23 @@ HYPERPARAMETERS:
     }
     s.push_str(
         "
+S3 (--channel NAME=s3://..., --output s3://...):
+  Every object under a channel's prefix (read as a folder) lands in input/data/<NAME>/ at its
+  key's path below the prefix; keys that would leave that folder are refused. --output gets
+  <prefix>/<job-name>/output/model.tar.gz and output.tar.gz, or output/failure.
+  Credentials and region: aws-config's standard chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+  AWS_SESSION_TOKEN, AWS_PROFILE and the profile files, container credentials, instance
+  metadata; AWS_REGION). Custom endpoints: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (addressed
+  path-style).
+
 ENVIRONMENT:
   SAGEMAKER_BASE_DIR   same as --base-dir
   OMP_NUM_THREADS      CPU threads when the threads hyperparameter is 0
-  RUST_LOG             log filter (default info)",
+  RUST_LOG             log filter (default info)
+  TRAINING_JOB_NAME    the job name in --output's layout (default: smtrain-<UTC time>-<hex>)
+  SMTRAIN_S3_CONCURRENCY           S3 requests in flight at once (default 16)
+  SMTRAIN_S3_MULTIPART_THRESHOLD   files at or above this are moved in parts (default 16MiB)
+  SMTRAIN_S3_PART_SIZE             size of those parts, 5MiB to 5GiB (default 8MiB)",
     );
     s
 }
@@ -122,18 +147,33 @@ pub fn main() -> ExitCode {
     init_logging();
     let paths = Paths::new(&cli.base_dir);
     match cli.command.unwrap_or(Command::Train) {
-        Command::Train => run_train(&paths),
+        Command::Train => {
+            let opts = job::Options { channels: cli.channels };
+            run_train(&paths, &opts, cli.output.as_ref())
+        }
     }
 }
 
-fn run_train(paths: &Paths) -> ExitCode {
+fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> ExitCode {
     // A stale verdict from an earlier run in the same folder would contradict this one.
     for stale in [paths.failure_file(), paths.success_file()] {
         let _ = std::fs::remove_file(stale);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let which = Arc::new(AtomicUsize::new(0));
-    let result = install_signal_handlers(&stop, &which).and_then(|()| job::run(paths, &stop));
+    // With --output, the destination is checked before training and filled after it.
+    let mut upload: Option<s3::Output> = None;
+    let result = install_signal_handlers(&stop, &which)
+        .and_then(|()| {
+            upload = output.map(s3::Output::prepare).transpose()?;
+            job::run(paths, opts, &stop)
+        })
+        .and_then(|summary| {
+            if let (Some(up), Summary::Trained { .. }) = (&upload, &summary) {
+                up.upload_artifacts(paths)?;
+            }
+            Ok(summary)
+        });
     match result {
         Ok(Summary::Trained { test, model_dir }) => {
             tracing::info!(
@@ -166,6 +206,9 @@ fn run_train(paths: &Paths) -> ExitCode {
             tracing::error!("{line}");
             eprintln!("{line}");
             write_verdict(paths, "failure", &format!("{line}\n"));
+            if let Some(up) = &upload {
+                up.upload_failure(&format!("{line}\n"));
+            }
             ExitCode::from(code)
         }
     }

@@ -17,6 +17,7 @@ use crate::data::{self, Dataset};
 use crate::device;
 use crate::error::{user, Stopped};
 use crate::metrics::{self, EpochMetrics, Metrics};
+use crate::s3::{self, ChannelArg, Location, S3Uri};
 use crate::train::{self, DeviceData, EpochStats, Hooks, Score, TrainState};
 
 /// Where Debian's `dataset-fashion-mnist` installs the real data (and where the image keeps it).
@@ -31,6 +32,15 @@ pub enum Source {
     Dir(PathBuf),
     /// An explicit pair of files (the installed Fashion-MNIST).
     Pair { images: PathBuf, labels: PathBuf },
+    /// An S3 prefix, downloaded into `input/data/<channel>/` before any data is loaded.
+    S3(S3Uri),
+}
+
+/// What the command line adds to the contract's files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--channel NAME=URI`: added to, or replacing, `inputdataconfig.json`'s channels.
+    pub channels: Vec<ChannelArg>,
 }
 
 /// What a job did, for `main` and the tests.
@@ -47,8 +57,8 @@ pub enum Summary {
     },
 }
 
-/// Runs the job described under `paths`.
-pub fn run(paths: &Paths, stop: &AtomicBool) -> Result<Summary> {
+/// Runs the job described under `paths` and `opts`.
+pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> {
     let files = JobFiles::read(paths)?;
     let cfg = TrainConfig::from_hyperparameters(&files.hyperparameters)
         .with_context(|| paths.hyperparameters().display().to_string())?;
@@ -68,7 +78,8 @@ pub fn run(paths: &Paths, stop: &AtomicBool) -> Result<Summary> {
         return Ok(Summary::Skipped { host: rc.current_host.clone(), leader: rc.hosts[0].clone() });
     }
 
-    let sources = resolve_channels(paths, &files)?;
+    let sources = resolve_channels(paths, &files, &opts.channels)?;
+    let sources = fetch_remote(paths, sources, stop)?;
     let load_start = Instant::now();
     let mut sets = load_channels(&sources, cfg.num_classes)?;
     let data_load_seconds = load_start.elapsed().as_secs_f64();
@@ -249,25 +260,46 @@ impl Hooks for JobHooks<'_> {
     }
 }
 
-/// Decides where each channel's data comes from.
-pub fn resolve_channels(paths: &Paths, files: &JobFiles) -> Result<BTreeMap<String, Source>> {
+/// Decides where each channel's data comes from: `inputdataconfig.json`'s channels, with the
+/// command line's `--channel`s added or replacing those of the same name.
+pub fn resolve_channels(
+    paths: &Paths,
+    files: &JobFiles,
+    cli: &[ChannelArg],
+) -> Result<BTreeMap<String, Source>> {
     let config_file = paths.input_data_config();
-    let channels = match &files.input_data {
-        Some(c) if !c.is_empty() => c,
-        _ => {
-            info!(
-                dir = DEFAULT_DATA_DIR,
-                "no channels configured: training on the installed Fashion-MNIST"
-            );
-            return Ok(default_sources(Path::new(DEFAULT_DATA_DIR)));
+    let empty = Default::default();
+    let channels = files.input_data.as_ref().unwrap_or(&empty);
+    if channels.is_empty() && cli.is_empty() {
+        info!(
+            dir = DEFAULT_DATA_DIR,
+            "no channels configured: training on the installed Fashion-MNIST"
+        );
+        return Ok(default_sources(Path::new(DEFAULT_DATA_DIR)));
+    }
+    for (i, c) in cli.iter().enumerate() {
+        if cli[..i].iter().any(|d| d.name == c.name) {
+            return Err(user(format!("--channel {}: given more than once", c.name)));
         }
+        if !CHANNELS.contains(&c.name.as_str()) {
+            return Err(user(format!(
+                "--channel {}: \"{}\" is not a channel this trainer reads (train, validation, \
+                 test)",
+                c.name, c.name
+            )));
+        }
+    }
+    let origin = match (channels.is_empty(), cli.is_empty()) {
+        (false, true) => config_file.display().to_string(),
+        (true, false) => "--channel".to_string(),
+        _ => format!("{} and --channel", config_file.display()),
     };
-    let names: Vec<&str> = channels.keys().map(String::as_str).collect();
-    if !channels.contains_key("train") {
+    let mut names: Vec<&str> = channels.keys().map(String::as_str).collect();
+    names.extend(cli.iter().map(|c| c.name.as_str()).filter(|n| !channels.contains_key(*n)));
+    if !names.contains(&"train") {
         return Err(user(format!(
-            "{}: channels {names:?} are configured but \"train\" is not (train is required; \
-             validation and test are optional)",
-            config_file.display()
+            "{origin}: channels {names:?} are configured but \"train\" is not (train is \
+             required; validation and test are optional)"
         )));
     }
     let mut out = BTreeMap::new();
@@ -277,6 +309,9 @@ pub fn resolve_channels(paths: &Paths, files: &JobFiles) -> Result<BTreeMap<Stri
                 "{}: channel \"{name}\" is not one this trainer reads (train, validation, test)",
                 config_file.display()
             )));
+        }
+        if cli.iter().any(|c| &c.name == name) {
+            continue;
         }
         if spec.mode() == InputMode::Pipe {
             return Err(user(format!(
@@ -288,7 +323,49 @@ pub fn resolve_channels(paths: &Paths, files: &JobFiles) -> Result<BTreeMap<Stri
         info!(channel = %name, mode = ?spec.mode(), distribution = spec.distribution.as_deref().unwrap_or("-"), "channel");
         out.insert(name.clone(), Source::Dir(paths.channel_dir(name)));
     }
+    for c in cli {
+        let (source, from) = match &c.location {
+            Location::S3(uri) => (Source::S3(uri.clone()), uri.to_string()),
+            Location::Local(dir) => (Source::Dir(dir.clone()), dir.display().to_string()),
+        };
+        info!(channel = %c.name, %from, "channel from the command line");
+        out.insert(c.name.clone(), source);
+    }
     Ok(out)
+}
+
+/// Downloads the channels that live in S3 into their `input/data/<channel>/` folders, all
+/// listed before any is downloaded, and points their sources there.
+fn fetch_remote(
+    paths: &Paths,
+    sources: BTreeMap<String, Source>,
+    stop: &AtomicBool,
+) -> Result<BTreeMap<String, Source>> {
+    let remote: Vec<s3::ChannelDownload> = sources
+        .iter()
+        .filter_map(|(name, src)| match src {
+            Source::S3(uri) => Some(s3::ChannelDownload {
+                name: name.clone(),
+                uri: uri.clone(),
+                dir: paths.channel_dir(name),
+            }),
+            _ => None,
+        })
+        .collect();
+    if remote.is_empty() {
+        return Ok(sources);
+    }
+    s3::download_channels(&remote, stop)?;
+    Ok(sources
+        .into_iter()
+        .map(|(name, src)| match src {
+            Source::S3(_) => {
+                let dir = paths.channel_dir(&name);
+                (name, Source::Dir(dir))
+            }
+            other => (name, other),
+        })
+        .collect())
 }
 
 /// The installed Fashion-MNIST as train and test channels.
@@ -318,6 +395,9 @@ fn load_channels(
                         )));
                     }
                     data::load_pair(images, labels, classes)?
+                }
+                Source::S3(uri) => {
+                    anyhow::bail!("channel \"{name}\": {uri} was not downloaded before loading")
                 }
             };
             Ok((name.clone(), ds))

@@ -17,6 +17,7 @@
 //! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
+//! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
 //!
@@ -36,5 +37,6 @@ pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod optim;
+pub mod s3;
 pub mod step;
 pub mod train;

@@ -5,5 +5,6 @@ mod checkpoints;
 mod contract;
 mod failures;
 mod infra;
+mod s3;
 mod training;
 mod util;

@@ -1,0 +1,365 @@
+//! A real S3-compatible server for the tests: `s3s-fs` (installed by `make`, path in
+//! `SMTRAIN_S3S_FS`) on 127.0.0.1 with a free port, a temporary root and SigV4 credentials
+//! enforced; a synchronous S3 client to fill and read it; and a TCP proxy that breaks uploads
+//! partway, for faults the server itself cannot be made to produce.
+//!
+//! Shared with the S3 benchmark (`benches/s3.rs`), so it depends on nothing test-specific.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use smtrain::s3::{TransferOptions, S3};
+
+pub const ACCESS_KEY: &str = "SMTRAINTESTKEY";
+pub const SECRET_KEY: &str = "smtrain-test-secret";
+pub const REGION: &str = "us-east-1";
+pub const SERVER_ENV: &str = "SMTRAIN_S3S_FS";
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    root: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    pub s3: S3,
+}
+
+/// The server binary, or `None` (with a note) to skip; under CI a missing binary is a failure.
+pub fn server_binary() -> Option<PathBuf> {
+    let path = std::env::var_os(SERVER_ENV).map(PathBuf::from);
+    match path {
+        Some(p) if p.is_file() => Some(p),
+        other => {
+            let why = match other {
+                Some(p) => format!("{SERVER_ENV}={} does not exist", p.display()),
+                None => format!("{SERVER_ENV} is not set"),
+            };
+            if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+                panic!("{why}: the S3 tests need s3s-fs (run them with `make test`)");
+            }
+            eprintln!("skipping: {why} (run `make test` to install s3s-fs)");
+            None
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server, or returns `None` when the binary is missing outside CI.
+    pub fn start() -> Option<Self> {
+        let bin = server_binary()?;
+        let root = tempfile::Builder::new().prefix("smtrain-s3-").tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut server = Self { child: None, port: 0, root, rt, s3: dummy_s3() };
+        server.spawn(&bin);
+        Some(server)
+    }
+
+    fn spawn(&mut self, bin: &Path) {
+        // A port the kernel just handed out and released; s3s-fs binds it itself.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.root.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        self.child = Some(child);
+        self.port = port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.s3 = self.client(TransferOptions::default());
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The folder s3s-fs stores objects in (`root/bucket/key`).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A client of this server with the given transfer settings.
+    pub fn client(&self, opts: TransferOptions) -> S3 {
+        self.client_at(&self.endpoint(), opts)
+    }
+
+    /// A client that talks to `endpoint` (e.g. a proxy in front of this server).
+    pub fn client_at(&self, endpoint: &str, opts: TransferOptions) -> S3 {
+        S3::for_endpoint(endpoint, REGION, ACCESS_KEY, SECRET_KEY, opts)
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Stops the server (SIGKILL), as a crash or a lost network would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The environment that points `train` at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", REGION.into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+        ]
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        self.block_on(self.s3.client.create_bucket().bucket(bucket).send())
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, bytes: impl Into<Vec<u8>>) {
+        let body = ByteStream::from(bytes.into());
+        self.block_on(self.s3.client.put_object().bucket(bucket).key(key).body(body).send())
+            .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+    }
+
+    /// Uploads many objects at once (16 in flight).
+    pub fn put_many(&self, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+        let client = self.s3.client.clone();
+        self.block_on(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(16));
+            let mut set = tokio::task::JoinSet::new();
+            for (key, bytes) in objects {
+                let (client, permits, bucket) =
+                    (client.clone(), permits.clone(), bucket.to_string());
+                set.spawn(async move {
+                    let _p = permits.acquire_owned().await.unwrap();
+                    client
+                        .put_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .body(ByteStream::from(bytes))
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap();
+            }
+        });
+    }
+
+    pub fn put_file(&self, bucket: &str, key: &str, path: &Path) {
+        let client = self.s3.client.clone();
+        self.block_on(async move {
+            let body = ByteStream::from_path(path).await.unwrap();
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+        });
+    }
+
+    /// The object's bytes, or `None` when it does not exist.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.block_on(async {
+            let out = self.s3.client.get_object().bucket(bucket).key(key).send().await.ok()?;
+            Some(out.body.collect().await.unwrap().into_bytes().to_vec())
+        })
+    }
+
+    /// The object's ETag.
+    pub fn etag(&self, bucket: &str, key: &str) -> String {
+        self.block_on(self.s3.client.head_object().bucket(bucket).key(key).send())
+            .unwrap()
+            .e_tag()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.block_on(async {
+            let mut pages = self
+                .s3
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .into_paginator()
+                .send();
+            let mut keys = Vec::new();
+            while let Some(page) = pages.next().await {
+                for o in page.unwrap().contents() {
+                    keys.push(o.key().unwrap().to_string());
+                }
+            }
+            keys.sort();
+            keys
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn dummy_s3() -> S3 {
+    S3::for_endpoint("http://127.0.0.1:9", REGION, "x", "y", TransferOptions::default())
+}
+
+/// What a [`BreakingProxy`] breaks.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Lets the first N bytes sent towards the server through, then breaks every open
+    /// connection and lets each new one send only 64 KiB: large request bodies (upload parts)
+    /// fail from then on, small requests (an abort) still pass.
+    UploadsAfter(u64),
+    /// Breaks the first connection that has received N bytes from the server, once; everything
+    /// after that passes.
+    OneDownloadAfter(u64),
+}
+
+/// A TCP proxy in front of `upstream` that injects a network fault.
+pub struct BreakingProxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    state: Arc<ProxyState>,
+}
+
+impl BreakingProxy {
+    pub fn start(upstream: u16, fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(ProxyState {
+            fault,
+            sent: AtomicU64::new(0),
+            tripped: AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+        });
+        let (stop2, state2) = (stop.clone(), state.clone());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        let born_tripped = state2.tripped.load(Ordering::SeqCst);
+                        state2.open.lock().unwrap().push(client.try_clone().unwrap());
+                        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                        let (st, st2) = (state2.clone(), state2.clone());
+                        std::thread::spawn(move || st.pump_up(client, server, born_tripped));
+                        std::thread::spawn(move || st2.pump_down(s2, c2));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self { port, stop, state }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the fault has happened.
+    pub fn tripped(&self) -> bool {
+        self.state.tripped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for BreakingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct ProxyState {
+    fault: Fault,
+    sent: AtomicU64,
+    tripped: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl ProxyState {
+    /// Client → server.
+    fn pump_up(&self, mut from: TcpStream, mut to: TcpStream, born_tripped: bool) {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut mine = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n as u64,
+            };
+            mine += n;
+            let total = self.sent.fetch_add(n, Ordering::SeqCst) + n;
+            if let Fault::UploadsAfter(limit) = self.fault {
+                if !self.tripped.load(Ordering::SeqCst) && total > limit {
+                    self.tripped.store(true, Ordering::SeqCst);
+                    for s in self.open.lock().unwrap().iter() {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                    break;
+                }
+                if born_tripped && mine > 64 << 10 {
+                    break;
+                }
+            }
+            if to.write_all(&buf[..n as usize]).is_err() {
+                break;
+            }
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    }
+
+    /// Server → client.
+    fn pump_down(&self, mut from: TcpStream, mut to: TcpStream) {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut mine = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n as u64,
+            };
+            mine += n;
+            if let Fault::OneDownloadAfter(limit) = self.fault {
+                if mine > limit && !self.tripped.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+            }
+            if to.write_all(&buf[..n as usize]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    }
+}
