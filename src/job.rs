@@ -241,7 +241,7 @@ impl Hooks for JobHooks<'_> {
         println!("{}", metrics::epoch_line(&m));
         self.metrics.push(m);
         let interval = self.cfg.checkpoint_interval;
-        if interval > 0 && (s.epoch % interval == 0 || state.finished(self.cfg)) {
+        if interval > 0 && (s.epoch.is_multiple_of(interval) || state.finished(self.cfg)) {
             self.checkpointer.save(state, &self.metrics)?;
         }
         self.last = Instant::now();
