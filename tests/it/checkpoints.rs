@@ -79,7 +79,7 @@ fn sigterm_mid_epoch_then_resume_is_bit_identical() {
     // 1000 samples at batch 8: 125 steps an epoch; a mid-epoch position is not a multiple.
     let position: u64 =
         newest.file_stem().unwrap().to_string_lossy()["checkpoint-".len()..].parse().unwrap();
-    assert!(position % 125 != 0, "checkpoint at {position} is not mid-epoch");
+    assert!(!position.is_multiple_of(125), "checkpoint at {position} is not mid-epoch");
 
     let run = job.run().ok();
     assert!(run.stderr().contains("resuming from checkpoint"), "{}", run.stderr());
