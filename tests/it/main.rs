@@ -2,6 +2,7 @@
 //! files and real libtorch. One crate, so libtorch is linked once.
 
 mod contract;
+mod docker;
 mod failures;
 mod training;
 mod util;
