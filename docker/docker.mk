@@ -37,6 +37,7 @@ DOCKER_BUILD_ARGS = -f docker/Dockerfile \
   --build-arg SOURCE=$(IMAGE_SOURCE)
 
 .PHONY: docker-deps docker-base docker-artifacts docker-image docker-image-cuda docker-check-cuda \
+  docker-image-from-source \
   docker-train docker-sizes docker-clean
 
 # The Rust tests run the cpu image; `make test` builds it first.
@@ -72,9 +73,12 @@ docker-image: docker-base docker-artifacts
 	DOCKER=$(DOCKER) docker/buildkit.sh $(DOCKER_BUILD_ARGS) --target cpu -t $(IMAGE_CPU) .
 	@$(DOCKER) image inspect -f '$(IMAGE_CPU): {{.Size}} bytes' $(IMAGE_CPU)
 
-# The CUDA wheel set, installed by the Makefile's own rule (TORCH_FLAVOUR=cuda) into its own folder.
+# The CUDA wheel set, installed by the Makefile's own rule (TORCH_FLAVOUR=cuda) into its own
+# folder; on a GPU host that rule already names it.
+ifneq ($(TORCH_FLAVOUR),cuda)
 $(CUDA_TORCH_SITE)/.complete:
 	$(MAKE) --no-print-directory TORCH_FLAVOUR=cuda setup
+endif
 
 docker-image-cuda: docker-image $(CUDA_TORCH_SITE)/.complete
 	@set -eu; \
@@ -92,7 +96,9 @@ docker-image-cuda: docker-image $(CUDA_TORCH_SITE)/.complete
 	@$(DOCKER) image inspect -f '$(IMAGE_CUDA): {{.Size}} bytes' $(IMAGE_CUDA)
 
 # No GPU here: show that libtorch_cuda.so and everything it needs resolve inside the image (ldd -r
-# also binds every symbol, as dlopen(RTLD_NOW) does), and that the image trains on a CPU-only host.
+# also binds every symbol, as dlopen(RTLD_NOW) does); that the loader finds it by the bare name the
+# binary dlopen()s and runs every CUDA library's initialisers (LD_PRELOAD, the same search); and
+# that the image trains on a CPU-only host, falling back to the CPU.
 docker-check-cuda: docker-image-cuda
 	$(DOCKER) run --rm --entrypoint /bin/sh $(IMAGE_CUDA) -c '\
 	  set -e; cd /opt/smtrain/lib; \
@@ -101,11 +107,14 @@ docker-check-cuda: docker-image-cuda
 	    if echo "$$out" | grep -E "not found|undefined symbol" | grep -v libcuda.so.1; then \
 	      echo "$$l: unresolved" >&2; exit 1; fi; \
 	  done; echo "all CUDA libraries resolve (libcuda.so.1 comes from the host driver)"'
+	$(DOCKER) run --rm -e LD_PRELOAD=libtorch_cuda.so $(IMAGE_CUDA) --version
 	rm -rf "$(RUN_DIR)/docker-cuda"
 	@mkdir -p "$(RUN_DIR)/docker-cuda/input/config"
 	@echo '{"epochs": "1", "threads": "1"}' > "$(RUN_DIR)/docker-cuda/input/config/hyperparameters.json"
-	$(DOCKER) run --rm -e OMP_NUM_THREADS=1 -v "$(RUN_DIR)/docker-cuda:/opt/ml" $(IMAGE_CUDA) train 2>&1 \
-	  | tee /dev/stderr | grep -q "device device=cpu"
+	$(DOCKER) run --rm -e OMP_NUM_THREADS=1 -v "$(RUN_DIR)/docker-cuda:/opt/ml" $(IMAGE_CUDA) train \
+	  2>"$(RUN_DIR)/docker-cuda/stderr.log"
+	grep "device device=cpu" "$(RUN_DIR)/docker-cuda/stderr.log"
+	test -s "$(RUN_DIR)/docker-cuda/model/model.safetensors"
 
 # The notebook's job in the image: real Fashion-MNIST (inside the image), 5 epochs; the model
 # lands in $(RUN_DIR)/docker/model.
@@ -127,3 +136,17 @@ docker-sizes:
 docker-clean:
 	-$(DOCKER) image rm $(IMAGE_CPU) $(IMAGE_CUDA) $(ARTIFACTS_CPU) $(ARTIFACTS_CUDA)
 	rm -rf "$(DOCKER_WORK)"
+
+# The users' route, run here: the whole Dockerfile, build stage included, with the plain
+# `docker build` (the classic builder on this machine, where the CLI has no buildx), a stand-in
+# for rust:1.95-bookworm made from the host's toolchain, and network access for apt, PyPI and
+# crates.io inside the build. Slow (the torch wheel, a clean release build): not in `make test`.
+# Test the result with `SMTRAIN_IMAGE=$(IMAGE_NAME):cpu-from-source cargo test --release docker::`.
+RUST_STANDIN ?= smtrain/rust:1.95-bookworm-local
+docker-image-from-source: docker-base
+	DOCKER=$(DOCKER) docker/rust-standin.sh $(RUST_STANDIN) $(BASE_IMAGE)
+	$(DOCKER) build -f docker/Dockerfile --target cpu \
+	  --build-arg RUST_IMAGE=$(RUST_STANDIN) --build-arg RUNTIME_IMAGE=$(BASE_IMAGE) \
+	  --build-arg VERSION=$(IMAGE_VERSION) --build-arg REVISION=$(IMAGE_REVISION) \
+	  --build-arg SOURCE=$(IMAGE_SOURCE) -t $(IMAGE_NAME):cpu-from-source .
+	@$(DOCKER) image inspect -f '$(IMAGE_NAME):cpu-from-source: {{.Size}} bytes' $(IMAGE_NAME):cpu-from-source

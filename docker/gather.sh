@@ -16,7 +16,8 @@
 #       /etc/ld.so.conf.d/smtrain.conf   the lib folder, for libraries that dlopen by bare name
 #
 # Only libraries found inside TORCH_SITE are copied; everything else (glibc, libstdc++, libgcc_s)
-# must come from the base image, which the image tests check with ldd. libtorch's own libraries
+# must come from the base image, which the image tests check with ldd; the driver's libcuda and
+# libnvidia-ml come from the host. libtorch's own libraries
 # are stripped of their symbol tables (`--strip-unneeded`: dynamic symbols stay); NVIDIA's are
 # copied as shipped.
 set -euo pipefail
@@ -36,7 +37,9 @@ lib_dirs() {
 # name, in the system's linker cache, which is what the base image provides).
 closure() {
   local -a dirs=() queue=() seen=()
-  local f n d found
+  local f n d found system
+  # The linker cache's names, read once (grep -q on a pipe would SIGPIPE ldconfig under pipefail).
+  system=$(ldconfig -p)
   while [[ $1 != -- ]]; do dirs+=("$1"); shift; done
   shift
   queue=("$@")
@@ -47,6 +50,9 @@ closure() {
     for n in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
       [[ -n ${done_[$n]:-} ]] && continue
       done_[$n]=1
+      # The NVIDIA driver's own libraries come from the host (the NVIDIA container runtime
+      # mounts them); an image must never carry them.
+      case $n in libcuda.so.* | libnvidia-ml.so.*) continue ;; esac
       found=
       for d in "${dirs[@]}"; do
         if [[ -e $d/$n ]]; then found=$d/$n; break; fi
@@ -54,12 +60,12 @@ closure() {
       if [[ -n $found ]]; then
         seen+=("$found")
         queue+=("$found")
-      elif ! ldconfig -p | grep -q "^[[:space:]]$n "; then
+      elif [[ $system != *$'\t'"$n "* ]]; then
         die "$f needs $n, which is neither in ${dirs[*]} nor a system library"
       fi
     done
   done
-  ((${#seen[@]})) && printf '%s\n' "${seen[@]}" | sort -u
+  if ((${#seen[@]})); then printf "%s\n" "${seen[@]}" | sort -u; fi
 }
 
 copy_lib() {
@@ -81,8 +87,9 @@ case $variant in
     rm -rf "$root"
     mkdir -p "$root/opt/smtrain/lib" "$root/usr/local/bin" "$root/usr/share/datasets/fashion-mnist"
     mapfile -t dirs < <(lib_dirs "$site")
-    mapfile -t libs < <(closure "${dirs[@]}" -- "$bin")
-    ((${#libs[@]})) || die "$bin needs no library from $site: was it built against it?"
+    found=$(closure "${dirs[@]}" -- "$bin") || exit 1
+    mapfile -t libs <<<"$found"
+    [[ -n $found ]] || die "$bin needs no library from $site: was it built against it?"
     for l in "${libs[@]}"; do copy_lib "$l" "$root/opt/smtrain/lib"; done
     cp "$bin" "$root/opt/smtrain/train"
     strip --strip-debug "$root/opt/smtrain/train"
@@ -112,7 +119,8 @@ case $variant in
         [[ -e $f ]] && roots+=("$f")
       done
     done
-    mapfile -t libs < <({ printf '%s\n' "${roots[@]}"; closure "${dirs[@]}" -- "${roots[@]}"; } | sort -u)
+    found=$(closure "${dirs[@]}" -- "${roots[@]}") || exit 1
+    mapfile -t libs < <(printf '%s\n' "${roots[@]}" $found | sort -u)
     for l in "${libs[@]}"; do
       name=$(basename "$l")
       [[ -e $cpu_out/opt/smtrain/lib/$name ]] && continue
