@@ -11,7 +11,8 @@ image=${1:?usage: base-image.sh IMAGE[:TAG] [MIRROR]}
 mirror=${2:-http://deb.debian.org/debian}
 suite=bookworm
 
-if docker image inspect "$image" >/dev/null 2>&1; then
+docker=${DOCKER:-docker}
+if "$docker" image inspect "$image" >/dev/null 2>&1; then
   echo "base image $image exists; not rebuilding"
   exit 0
 fi
@@ -54,10 +55,10 @@ echo localhost > "$root/etc/hostname"
 epoch=$(date -u +%s)
 
 tar --numeric-owner --xattrs -C "$root" -c . |
-  docker import \
+  "$docker" import \
     --change 'CMD ["bash"]' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change "LABEL smtrain.base=\"debootstrap --variant=minbase $suite, $(date -u -d "@$epoch" +%Y-%m-%d)\"" \
     -m "debootstrap --variant=minbase $suite from $mirror" \
     - "$image"
-docker image inspect --format '{{.Id}} {{.Size}}' "$image"
+"$docker" image inspect --format '{{.Id}} {{.Size}}' "$image"

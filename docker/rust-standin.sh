@@ -4,6 +4,11 @@
 # wrapper) and this host's Rust toolchain. With it, `make docker-image-from-source` builds the
 # whole Dockerfile, build stage included, as a user with network access would.
 #
+# The stand-in also trusts the extra CA certificates this host trusts
+# (/usr/local/share/ca-certificates): where registries are reached through an HTTPS-inspecting
+# proxy, pip and cargo inside the build fail without them. They stay in this builder image; the
+# runtime image takes only the gathered files.
+#
 #   rust-standin.sh IMAGE BASE_IMAGE
 set -euo pipefail
 
@@ -22,6 +27,7 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cat > "$ctx/Dockerfile" <<DOCKERFILE
 FROM $base
+COPY ca/ /usr/local/share/ca-certificates/
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
       ca-certificates gcc g++ libc6-dev make \\
@@ -32,7 +38,9 @@ ENV CARGO_HOME=/usr/local/cargo \\
 RUN cargo --version && rustc --version
 LABEL smtrain.standin="rust image from the host's $version"
 DOCKERFILE
-# The context: the Dockerfile and the toolchain (without its HTML docs) under toolchain/.
-tar -c -C "$ctx" Dockerfile \
+mkdir "$ctx/ca"
+cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
+# The context: the Dockerfile, the CA certificates and the toolchain (without its HTML docs).
+tar -c -C "$ctx" Dockerfile ca \
     -C "$sysroot" --exclude=./share/doc --transform 's,^\./,toolchain/,' . |
   "$docker" build -t "$image" -
