@@ -132,7 +132,7 @@ docker-train: docker-image
 	  -v "$(RUN_DIR)/docker/model:/opt/ml/model" -v "$(RUN_DIR)/docker/output:/opt/ml/output" \
 	  $(IMAGE_CPU) train | tee "$(RUN_DIR)/docker/stdout.log"
 	@echo "model: $(RUN_DIR)/docker/model"
-	@grep -o 'test_accuracy=[0-9.]*' "$(RUN_DIR)/docker/stdout.log" | sed 's/=/ /'
+	@grep -o 'test_accuracy=[0-9.]*' "$(RUN_DIR)/docker/stdout.log" | sed 's/test_accuracy=/test accuracy: /'
 
 docker-sizes:
 	@for i in $(IMAGE_CPU) $(IMAGE_CUDA); do \
