@@ -136,8 +136,9 @@ docker-train: docker-image
 
 docker-sizes:
 	@for i in $(IMAGE_CPU) $(IMAGE_CUDA); do \
-	  $(DOCKER) image inspect -f "$$i {{.Size}}" $$i 2>/dev/null \
-	    | awk '{printf "%-16s %d bytes (%.0f MB)\n", $$1, $$2, $$2/1e6}' || echo "$$i: not built"; \
+	  if size=$$($(DOCKER) image inspect -f '{{.Size}}' $$i 2>/dev/null); then \
+	    echo "$$i $$size" | awk '{printf "%-16s %d bytes (%.0f MB)\n", $$1, $$2, $$2/1e6}'; \
+	  else echo "$$i: not built"; fi; \
 	done
 
 docker-clean:
