@@ -3,6 +3,7 @@
 
 mod checkpoints;
 mod contract;
+mod docker;
 mod failures;
 mod infra;
 mod s3;

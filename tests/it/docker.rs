@@ -1,0 +1,457 @@
+//! The image through the real Docker engine, run the ways SageMaker and users run it: a mounted
+//! `/opt/ml` tree in File-mode layout, no mounts at all, `docker stop`, and two hosts on a private
+//! network.
+//!
+//! The image comes from `SMTRAIN_IMAGE`, which `make test` sets after building it from
+//! `docker/Dockerfile`. Without it these tests say so and pass, except under CI (`CI` set), where a
+//! missing variable, engine or image is a failure. Containers run one libtorch thread, as the
+//! other tests do.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::util::Job;
+
+/// The image under test; `None` (after saying why) where these tests do not apply.
+fn image() -> Option<String> {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    let Some(image) = std::env::var("SMTRAIN_IMAGE").ok().filter(|v| !v.is_empty()) else {
+        assert!(!ci, "CI is set but SMTRAIN_IMAGE is not: run the tests through `make test`");
+        eprintln!(
+            "SMTRAIN_IMAGE is not set: skipping the Docker image tests (`make test` sets it)"
+        );
+        return None;
+    };
+    let engine =
+        Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    match engine {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            panic!("the Docker engine is not reachable: {}", String::from_utf8_lossy(&out.stderr))
+        }
+        Err(e) => panic!("cannot run docker: {e}"),
+    }
+    let inspect = docker(&["image", "inspect", "--format", "{{.Id}}", &image]);
+    assert!(
+        inspect.status.success(),
+        "image {image} does not exist: build it with `make docker-image`"
+    );
+    Some(image)
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run docker")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A unique name for a container or network of this test run.
+fn unique(what: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("smtrain-it-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A named container, removed (with its anonymous volumes) when dropped, whatever happened.
+struct Container(String);
+
+impl Container {
+    fn new() -> Self {
+        Self(unique("c"))
+    }
+
+    fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn logs(&self) -> (String, String) {
+        let out = docker(&["logs", &self.0]);
+        (text(&out.stdout), text(&out.stderr))
+    }
+
+    fn exit_code(&self) -> i64 {
+        let out = docker(&["inspect", "--format", "{{.State.ExitCode}}", &self.0]);
+        text(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Waits for the container to exit and returns its exit code.
+    fn wait(&self) -> i64 {
+        let out = docker(&["wait", &self.0]);
+        assert!(out.status.success(), "docker wait: {}", text(&out.stderr));
+        text(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Polls the logs until `needle` appears (or the container exits, or `limit` passes).
+    fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let (out, err) = self.logs();
+            if out.contains(needle) || err.contains(needle) {
+                return;
+            }
+            let running = docker(&["inspect", "--format", "{{.State.Running}}", &self.0]);
+            assert!(
+                text(&running.stdout).trim() == "true",
+                "container exited before logging {needle:?}:\n{out}\n{err}"
+            );
+            assert!(start.elapsed() < limit, "no {needle:?} in the logs after {limit:?}:\n{err}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "--force", "--volumes", &self.0]);
+    }
+}
+
+/// A private Docker network, removed when dropped.
+struct Network(String);
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.0]);
+    }
+}
+
+/// `docker run` arguments that mount a job's tree the way SageMaker lays it out: the input
+/// (config files and channels) read-only, as FastFile mode mounts channels, and the model,
+/// output and checkpoint folders writable.
+fn mounts(job: &Job) -> Vec<String> {
+    let mut args = Vec::new();
+    for (dir, mode) in [("input", ":ro"), ("model", ""), ("output", ""), ("checkpoints", "")] {
+        std::fs::create_dir_all(job.path(dir)).unwrap();
+        args.push("--volume".to_string());
+        args.push(format!("{}:/opt/ml/{dir}{mode}", job.path(dir).display()));
+    }
+    args
+}
+
+/// Runs the image to completion with `extra` docker options and `args` for the binary.
+fn run(image: &str, extra: &[String], args: &[&str]) -> Output {
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--env", "OMP_NUM_THREADS=1"]).args(extra).arg(image).args(args);
+    cmd.stdin(Stdio::null()).output().expect("cannot run docker")
+}
+
+fn resourceconfig(job: &Job, current: &str, hosts: &[&str]) {
+    let rc = serde_json::json!({
+        "current_host": current,
+        "hosts": hosts,
+        "network_interface_name": "eth0",
+        "current_instance_type": "ml.m5.large",
+        "current_group_name": "homogeneousCluster",
+    });
+    job.write("input/config/resourceconfig.json", serde_json::to_vec(&rc).unwrap());
+}
+
+fn test_accuracy(metrics_json: &Path) -> f64 {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(metrics_json).unwrap()).unwrap();
+    m["test"]["accuracy"].as_f64().unwrap()
+}
+
+#[test]
+fn image_is_slim_labelled_and_has_an_exec_form_entrypoint() {
+    let Some(image) = image() else { return };
+    let inspect = docker(&["image", "inspect", &image]);
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let info = &info[0];
+    let size = info["Size"].as_u64().unwrap();
+    assert!(size <= 600_000_000, "the cpu image is {size} bytes, over the 600 MB budget");
+    let config = &info["Config"];
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/opt/smtrain/train"]));
+    assert_eq!(config["Cmd"], serde_json::json!(["train"]));
+    let labels = &config["Labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"));
+    let revision = labels["org.opencontainers.image.revision"].as_str().unwrap();
+    assert!(
+        revision.len() >= 40 && revision[..40].chars().all(|c| c.is_ascii_hexdigit()),
+        "revision label is not a commit: {revision:?}"
+    );
+    for var in config["Env"].as_array().unwrap() {
+        let var = var.as_str().unwrap().to_ascii_uppercase();
+        for word in ["SECRET", "TOKEN", "PASSWORD", "AWS_", "KEY="] {
+            assert!(!var.contains(word), "environment variable {var} in the image");
+        }
+    }
+
+    // Inside: the binary and exactly the CPU libraries; every library resolves; no toolchain,
+    // package caches or credentials.
+    let script = r#"
+        set -u
+        ls /opt/smtrain/lib
+        echo ---
+        ldd /opt/smtrain/train /opt/smtrain/lib/*.so* | grep -c 'not found'
+        echo ---
+        for t in cargo rustc rustup gcc cc g++ c++ ld make python3 pip pip3 strip; do
+          command -v $t
+        done
+        ls -d /root/.cargo /root/.rustup /usr/local/cargo /root/.cache /root/.aws \
+              /var/cache/apt/*.bin /var/lib/apt/lists/*_Packages /opt/torch* /src /out 2>/dev/null
+        echo ---
+        readlink -f /usr/local/bin/train
+    "#;
+    let out = run(&image, &["--entrypoint".into(), "/bin/sh".into()], &["-c", script]);
+    let out = text(&out.stdout);
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    let mut libs: Vec<&str> = parts[0].lines().collect();
+    libs.sort_unstable();
+    assert_eq!(
+        libs,
+        ["libc10.so", "libcudart.so.13", "libcupti.so.13", "libgomp.so.1", "libtorch_cpu.so"],
+        "the cpu image must carry exactly libtorch's CPU run set (no libtorch_cuda.so)"
+    );
+    assert_eq!(parts[1].trim(), "0", "unresolved libraries in the image");
+    assert_eq!(
+        parts[2].trim(),
+        "",
+        "build tools, caches or credentials in the image:\n{}",
+        parts[2]
+    );
+    assert_eq!(parts[3].trim(), "/opt/smtrain/train");
+}
+
+#[test]
+fn file_mode_job_writes_the_model_to_the_mounted_folder_like_the_host_binary() {
+    let Some(image) = image() else { return };
+    let hp = [("epochs", "1"), ("threads", "1"), ("seed", "5")];
+    let job = Job::small(&hp);
+    resourceconfig(&job, "algo-1", &["algo-1"]);
+    let start = Instant::now();
+    let out = run(&image, &mounts(&job), &["train"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    eprintln!("file-mode job in the container: {:.1} s", start.elapsed().as_secs_f64());
+
+    assert_eq!(job.model_files(), ["metrics.json", "model.json", "model.safetensors"]);
+    assert!(job.failure().is_none());
+    assert!(job.succeeded());
+    assert!(stdout.contains("metrics: epoch=1 "), "{stdout}");
+    assert!(stdout.contains("metrics: test_loss="), "{stdout}");
+    let card = job.json("model/model.json");
+    assert_eq!(card["data"]["train"]["samples"], 1000);
+    assert!(card["data"]["train"]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("/opt/ml/input/data/train/"));
+    assert_eq!(card["data"]["test"]["samples"], 200);
+
+    // The same job through the host binary gives bit-identical weights: the image runs the
+    // same program on the same libtorch.
+    let host = Job::small(&hp);
+    host.run().ok();
+    let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
+    assert!(weights(&job) == weights(&host), "the container's weights differ from the host's");
+}
+
+#[test]
+fn bad_hyperparameters_leave_the_reason_in_the_failure_file() {
+    let Some(image) = image() else { return };
+    let job = Job::small(&[("epochs", "1"), ("threads", "1"), ("learning_rat", "0.01")]);
+    let out = run(&image, &mounts(&job), &["train"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let failure = job.failure().expect("no failure file");
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    assert!(failure.contains("learning_rat"), "{failure}");
+    assert!(failure.contains("learning_rate"), "no hint at the intended key: {failure}");
+    assert!(job.model_files().is_empty(), "a failed job wrote {:?}", job.model_files());
+    assert!(!job.succeeded());
+}
+
+#[test]
+fn no_argument_trains_and_help_explains_the_contract() {
+    let Some(image) = image() else { return };
+    let help = run(&image, &[], &["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let help = text(&help.stdout);
+    for needle in [
+        "input/config/hyperparameters.json",
+        "output/failure",
+        "model.safetensors",
+        "learning_rate",
+    ] {
+        assert!(help.contains(needle), "--help does not mention {needle}:\n{help}");
+    }
+
+    // SageMaker SDK v3 local mode runs the image with no argument at all.
+    let job = Job::small(&[("epochs", "1"), ("threads", "1")]);
+    let out = run(&image, &mounts(&job), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(job.model_files(), ["metrics.json", "model.json", "model.safetensors"]);
+}
+
+#[test]
+fn without_mounts_trains_the_notebook_model_on_the_bundled_fashion_mnist() {
+    let Some(image) = image() else { return };
+    let c = Container::new();
+    let start = Instant::now();
+    let out = Command::new("docker")
+        .args(["run", "--name", c.name(), "--env", "OMP_NUM_THREADS=1", &image, "train"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    eprintln!(
+        "5 epochs on the bundled data in the container: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(stderr.contains("training on the installed Fashion-MNIST"), "{stderr}");
+    assert_eq!(stdout.matches("metrics: epoch=").count(), 5, "{stdout}");
+
+    // The model is inside the container: copy it out.
+    let dir = tempfile::tempdir().unwrap();
+    let cp = docker(&["cp", &format!("{}:/opt/ml/model", c.name()), dir.path().to_str().unwrap()]);
+    assert!(cp.status.success(), "{}", text(&cp.stderr));
+    let model = dir.path().join("model");
+    let mut files: Vec<String> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["metrics.json", "model.json", "model.safetensors"]);
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["data"]["train"]["samples"], 60000);
+    assert_eq!(card["data"]["test"]["samples"], 10000);
+    assert_eq!(card["hyperparameters"]["epochs"], 5);
+    // The notebook reaches 0.86-0.88 after 5 epochs.
+    let acc = test_accuracy(&model.join("metrics.json"));
+    assert!(acc > 0.85, "test accuracy {acc}");
+    assert!(stdout.contains(&format!("test_accuracy={acc:.6}")), "{stdout}");
+}
+
+/// Starts a long job on the bundled data, waits until it trains, sends `signal`, and checks the
+/// contract: a prompt exit with 143, and the failure file saying why (or, once checkpoints exist,
+/// a checkpoint in /opt/ml/checkpoints).
+fn stop_during_training(signal: &str) {
+    let Some(image) = image() else { return };
+    let job = Job::new();
+    job.hyperparameters(&[("epochs", "50"), ("threads", "1")]);
+    let c = Container::new();
+    let mut args = vec!["run", "--detach", "--name", c.name(), "--env", "OMP_NUM_THREADS=1"];
+    let mounts = mounts(&job);
+    args.extend(mounts.iter().map(String::as_str));
+    args.extend([image.as_str(), "train"]);
+    let started = docker(&args);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    // Data loaded and device chosen: the loop is running.
+    c.wait_for_log("device device=", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let start = Instant::now();
+    let sent = if signal == "SIGTERM" {
+        // What StopTrainingJob does: SIGTERM, and SIGKILL only after the grace period.
+        docker(&["stop", "--time", "120", c.name()])
+    } else {
+        docker(&["kill", "--signal", signal, c.name()])
+    };
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let code = c.wait();
+    let took = start.elapsed();
+    eprintln!("{signal}: the container exited {code} after {:.2} s", took.as_secs_f64());
+    let (stdout, stderr) = c.logs();
+    assert_eq!(code, 143, "{stderr}");
+    assert_eq!(c.exit_code(), 143);
+    assert!(took < Duration::from_secs(10), "{signal} took {took:?} to stop the job");
+    assert!(!stdout.contains("test_accuracy="), "the job finished before the signal: {stdout}");
+    assert!(!job.succeeded());
+
+    let checkpoints: Vec<_> = std::fs::read_dir(job.path("checkpoints")).unwrap().collect();
+    match job.failure() {
+        Some(failure) => assert!(
+            failure.starts_with("Stopped: ") && failure.contains(&format!("stopped by {signal}")),
+            "{failure}"
+        ),
+        None => {
+            assert!(!checkpoints.is_empty(), "stopped with neither a failure file nor a checkpoint")
+        }
+    }
+}
+
+#[test]
+fn docker_stop_ends_training_within_seconds_and_says_why() {
+    stop_during_training("SIGTERM");
+}
+
+#[test]
+fn sigint_ends_training_likewise() {
+    stop_during_training("SIGINT");
+}
+
+#[test]
+fn two_hosts_on_a_private_network_train_once() {
+    let Some(image) = image() else { return };
+    let net = Network(unique("net"));
+    let created = docker(&["network", "create", "--driver", "bridge", "--internal", &net.0]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+
+    // As SageMaker local mode does: per-host input and output, one model folder for all hosts.
+    let model = tempfile::tempdir().unwrap();
+    let hosts = ["algo-1", "algo-2"];
+    let jobs: Vec<Job> = hosts
+        .iter()
+        .map(|host| {
+            let job = Job::small(&[("epochs", "1"), ("threads", "1")]);
+            resourceconfig(&job, host, &hosts);
+            job
+        })
+        .collect();
+    let containers: Vec<Container> = hosts.iter().map(|_| Container::new()).collect();
+    for ((host, job), c) in hosts.iter().zip(&jobs).zip(&containers) {
+        let input = format!("{}:/opt/ml/input:ro", job.path("input").display());
+        std::fs::create_dir_all(job.path("output")).unwrap();
+        let output = format!("{}:/opt/ml/output", job.path("output").display());
+        let model = format!("{}:/opt/ml/model", model.path().display());
+        let started = docker(&[
+            "run",
+            "--detach",
+            "--name",
+            c.name(),
+            "--network",
+            &net.0,
+            "--network-alias",
+            host,
+            "--hostname",
+            host,
+            "--env",
+            "OMP_NUM_THREADS=1",
+            "--volume",
+            &input,
+            "--volume",
+            &output,
+            "--volume",
+            &model,
+            &image,
+            "train",
+        ]);
+        assert!(started.status.success(), "{}", text(&started.stderr));
+    }
+    let codes: Vec<i64> = containers.iter().map(Container::wait).collect();
+    let logs: Vec<(String, String)> = containers.iter().map(Container::logs).collect();
+    assert_eq!(codes, [0, 0], "{logs:?}");
+
+    // algo-1 trained and wrote the model; algo-2 said why it did nothing, and wrote nothing.
+    assert!(logs[0].0.contains("metrics: test_loss="), "{:?}", logs[0]);
+    assert!(logs[1].1.contains("only the first host trains and writes the model"), "{:?}", logs[1]);
+    assert!(!logs[1].0.contains("metrics:"), "{:?}", logs[1]);
+    for job in &jobs {
+        assert!(job.succeeded());
+        assert!(job.failure().is_none());
+    }
+    let mut files: Vec<String> = std::fs::read_dir(model.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["metrics.json", "model.json", "model.safetensors"]);
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.path().join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["data"]["train"]["samples"], 1000);
+}
