@@ -327,23 +327,24 @@ fn without_mounts_trains_the_notebook_model_on_the_bundled_fashion_mnist() {
     assert!(stdout.contains(&format!("test_accuracy={acc:.6}")), "{stdout}");
 }
 
-/// Starts a long job on the bundled data, waits until it trains, sends `signal`, and checks the
-/// contract: a prompt exit with 143, and the failure file saying why (or, once checkpoints exist,
-/// a checkpoint in /opt/ml/checkpoints).
-fn stop_during_training(signal: &str) {
-    let Some(image) = image() else { return };
-    let job = Job::new();
-    job.hyperparameters(&[("epochs", "50"), ("threads", "1")]);
+/// Big enough that an epoch takes a noticeable time, so the signal lands mid-training; the
+/// same settings as the host binary's checkpoint tests.
+const STOP_HP: &[(&str, &str)] =
+    &[("epochs", "4"), ("hidden_units", "1024,1024"), ("batch_size", "8"), ("seed", "5")];
+
+/// Starts a job on the fixture, waits until its first epoch is done, sends `signal`, and checks
+/// the contract: exit 143 well within the grace period, a checkpoint written, and the failure
+/// file saying where training stood. Returns the job, so a caller can resume it.
+fn stop_during_training(image: &str, signal: &str) -> Job {
+    let job = Job::small(STOP_HP);
     let c = Container::new();
     let mut args = vec!["run", "--detach", "--name", c.name(), "--env", "OMP_NUM_THREADS=1"];
     let mounts = mounts(&job);
     args.extend(mounts.iter().map(String::as_str));
-    args.extend([image.as_str(), "train"]);
+    args.extend([image, "train"]);
     let started = docker(&args);
     assert!(started.status.success(), "{}", text(&started.stderr));
-    // Data loaded and device chosen: the loop is running.
-    c.wait_for_log("device device=", Duration::from_secs(120));
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_for_log("metrics: epoch=1 ", Duration::from_secs(120));
 
     let start = Instant::now();
     let sent = if signal == "SIGTERM" {
@@ -362,27 +363,36 @@ fn stop_during_training(signal: &str) {
     assert!(took < Duration::from_secs(10), "{signal} took {took:?} to stop the job");
     assert!(!stdout.contains("test_accuracy="), "the job finished before the signal: {stdout}");
     assert!(!job.succeeded());
-
-    let checkpoints: Vec<_> = std::fs::read_dir(job.path("checkpoints")).unwrap().collect();
-    match job.failure() {
-        Some(failure) => assert!(
-            failure.starts_with("Stopped: ") && failure.contains(&format!("stopped by {signal}")),
-            "{failure}"
-        ),
-        None => {
-            assert!(!checkpoints.is_empty(), "stopped with neither a failure file nor a checkpoint")
-        }
-    }
+    let failure = job.failure().expect("failure file");
+    assert!(failure.starts_with(&format!("Stopped: stopped by {signal} at epoch ")), "{failure}");
+    let checkpoints: Vec<_> = std::fs::read_dir(job.path("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    assert!(!checkpoints.is_empty(), "no checkpoint after {signal}");
+    job
 }
 
+/// `docker stop` mid-training, then the same job run again (as SageMaker restarts a spot job with
+/// /opt/ml/checkpoints restored): it resumes and ends bit-identical to an uninterrupted run.
 #[test]
-fn docker_stop_ends_training_within_seconds_and_says_why() {
-    stop_during_training("SIGTERM");
+fn docker_stop_checkpoints_and_a_rerun_resumes_bit_identically() {
+    let Some(image) = image() else { return };
+    let job = stop_during_training(&image, "SIGTERM");
+    let out = run(&image, &mounts(&job), &["train"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("resuming from checkpoint"), "{}", text(&out.stderr));
+    let reference = Job::small(STOP_HP);
+    reference.run().ok();
+    let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
+    assert_eq!(weights(&job), weights(&reference));
 }
 
 #[test]
 fn sigint_ends_training_likewise() {
-    stop_during_training("SIGINT");
+    let Some(image) = image() else { return };
+    stop_during_training(&image, "SIGINT");
 }
 
 #[test]
