@@ -31,7 +31,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # binary or an image) and further test targets (TEST_TARGETS), all run by `make test`.
 TEST_RUST_PREREQS :=
 TEST_TARGETS :=
--include docker/docker.mk tests/s3-server.mk infra/infra.mk
+-include docker/docker.mk tests/s3-server.mk infra/infra.mk bench/bench.mk
 
 help:
 	@echo "make train   set up, build, and train on the real Fashion-MNIST (artifacts in .run/model)"

@@ -377,32 +377,41 @@ pub fn default_sources(dir: &Path) -> BTreeMap<String, Source> {
     BTreeMap::from([("train".to_string(), pair("train")), ("test".to_string(), pair("t10k"))])
 }
 
+/// Loads every channel, all at once: decompressing and hashing the files is most of the cost,
+/// and it runs in parallel.
 fn load_channels(
     sources: &BTreeMap<String, Source>,
     classes: usize,
 ) -> Result<BTreeMap<String, Dataset>> {
-    sources
-        .iter()
-        .map(|(name, src)| {
-            let ds = match src {
-                Source::Dir(dir) => data::load_channel(name, dir, classes)?,
-                Source::Pair { images, labels } => {
-                    if !images.exists() {
-                        return Err(user(format!(
-                            "channel \"{name}\": {} does not exist (install Debian's \
-                             dataset-fashion-mnist, or configure channels)",
-                            images.display()
-                        )));
-                    }
-                    data::load_pair(images, labels, classes)?
-                }
-                Source::S3(uri) => {
-                    anyhow::bail!("channel \"{name}\": {uri} was not downloaded before loading")
-                }
-            };
-            Ok((name.clone(), ds))
-        })
-        .collect()
+    std::thread::scope(|s| {
+        let loads: Vec<_> = sources
+            .iter()
+            .map(|(name, src)| (name, s.spawn(move || load_source(name, src, classes))))
+            .collect();
+        loads
+            .into_iter()
+            .map(|(name, h)| Ok((name.clone(), h.join().expect("channel loader panicked")?)))
+            .collect()
+    })
+}
+
+fn load_source(name: &str, src: &Source, classes: usize) -> Result<Dataset> {
+    match src {
+        Source::Dir(dir) => data::load_channel(name, dir, classes),
+        Source::Pair { images, labels } => {
+            if !images.exists() {
+                return Err(user(format!(
+                    "channel \"{name}\": {} does not exist (install Debian's \
+                     dataset-fashion-mnist, or configure channels)",
+                    images.display()
+                )));
+            }
+            data::load_pair(images, labels, classes)
+        }
+        Source::S3(uri) => {
+            anyhow::bail!("channel \"{name}\": {uri} was not downloaded before loading")
+        }
+    }
 }
 
 fn check_shapes<'a>(

@@ -23,7 +23,7 @@ fn small_job_trains_one_epoch_and_writes_every_artifact() {
     assert_eq!(card["architecture"]["layer_sizes"], serde_json::json!([784, 128, 10]));
     assert_eq!(card["hyperparameters"]["epochs"], 1);
     assert_eq!(card["class_names"][0], "T-shirt/top");
-    assert!(card["data"]["train"]["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    assert!(card["data"]["train"]["fingerprint"].as_str().unwrap().starts_with("blake3:"));
     assert_eq!(card["data"]["test"]["samples"], 200);
     assert!(run.stdout().contains("metrics: epoch=1 "));
     assert!(run.stdout().contains("metrics: test_loss="));

@@ -1,0 +1,29 @@
+# `make bench`: our trainer next to the notebook's Keras model and PyTorch eager, same data, same
+# machine, same threads, alternating runs (bench/run.py); plus the GEMM-bound epoch time
+# (bench/gemm.rs). Heavy: run it alone on a quiet machine. The peers' Python packages
+# (TensorFlow-CPU, and PyTorch with its CUDA wheels, which `import torch` needs) live in a venv
+# outside the clone.
+
+.PHONY: bench bench-step
+
+BENCH_VENV := $(CACHE_DIR)/bench-venv
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_THREADS ?= 2
+BENCH_REPS ?= 3
+
+$(BENCH_VENV)/.complete:
+	rm -rf "$(BENCH_VENV)"
+	$(PYTHON) -m venv "$(BENCH_VENV)"
+	"$(BENCH_PY)" -m pip install --quiet --disable-pip-version-check \
+	  tensorflow-cpu==2.21.0 torch==$(TORCH_VERSION)
+	touch "$@"
+
+bench: build $(BENCH_VENV)/.complete
+	cargo build --release --locked --benches
+	$(BENCH_PY) bench/run.py --bin "$(BIN)" --python "$(BENCH_PY)" \
+	  --gemm "cargo bench --locked --bench gemm -- THREADS BATCH" \
+	  --threads $(BENCH_THREADS) --reps $(BENCH_REPS)
+
+# Where one step's time goes, phase by phase (one thread, CPU time).
+bench-step: setup
+	cargo bench --locked --bench step
