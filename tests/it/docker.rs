@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::util::Job;
 
 /// The image under test; `None` (after saying why) where these tests do not apply.
-fn image() -> Option<String> {
+pub(crate) fn image() -> Option<String> {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     let Some(image) = std::env::var("SMTRAIN_IMAGE").ok().filter(|v| !v.is_empty()) else {
         assert!(!ci, "CI is set but SMTRAIN_IMAGE is not: run the tests through `make test`");

@@ -633,3 +633,34 @@ fn channel_flags_follow_the_channel_rules() {
     let r = run(command(&job, None).args(["--output", "/local/dir"]));
     assert!(r.stderr().contains("not an S3 URI"), "{}", r.stderr());
 }
+
+/// The image run as a laptop or CI user runs it: no mounts, the bundled Fashion-MNIST, and
+/// `--output` to an S3 prefix (the server on this machine's loopback, reached through the host
+/// network): `model.tar.gz` and `output.tar.gz` land under `<prefix>/<job>/output/`.
+#[test]
+fn docker_image_without_mounts_uploads_its_model_to_the_output_prefix() {
+    let Some(image) = crate::docker::image() else { return };
+    let Some(s) = Server::start() else { return };
+    s.create_bucket("artifacts");
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--network", "host", "--env", "OMP_NUM_THREADS=1"])
+        .args(["--env", "TRAINING_JOB_NAME=docker-job"]);
+    for (k, v) in s.env() {
+        cmd.args(["--env", &format!("{k}={v}")]);
+    }
+    let out = cmd.args([&image, "train", "--output", "s3://artifacts/runs/"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        s.keys("artifacts", ""),
+        ["runs/docker-job/output/model.tar.gz", "runs/docker-job/output/output.tar.gz"]
+    );
+    let back = tempfile::tempdir().unwrap();
+    unpack(&s.get("artifacts", "runs/docker-job/output/model.tar.gz").unwrap(), back.path());
+    let (_, card) = load_model_dir(back.path(), Device::Cpu).unwrap();
+    assert_eq!(card.data["train"].samples, 60_000);
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(back.path().join("metrics.json")).unwrap()).unwrap();
+    let acc = metrics["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.85, "test accuracy {acc}");
+}
