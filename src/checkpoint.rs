@@ -179,7 +179,9 @@ impl Checkpointer {
         for (name, t) in state.optimizer.state() {
             tensors.push((name, to_host(t)));
         }
-        if let Some(order) = &state.order {
+        // The order matters only mid-epoch; at step 0 (a stop right as an epoch begins) it is
+        // derived again from the seed, as `read` expects.
+        if let (Some(order), true) = (&state.order, state.step > 0) {
             tensors.push(("order", to_host(order)));
         }
         if let Some(best) = &state.best {
@@ -426,4 +428,30 @@ fn restore(
     };
     info!(path = %name, epoch = meta.epoch, step = meta.step, "resuming from checkpoint");
     Ok(Restored { state, metrics: meta.metrics, path })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tests::toy;
+    use crate::train::DeviceData;
+
+    /// A stop that lands as an epoch begins (its order drawn, no step taken) must still give a
+    /// checkpoint that loads: a Docker test once caught exactly this.
+    #[test]
+    fn a_checkpoint_at_step_zero_of_an_epoch_loads() {
+        let ds = toy(64, 1);
+        let data = DeviceData::new(&ds, Device::Cpu);
+        let cfg = TrainConfig { num_classes: 4, hidden_units: vec![8], ..TrainConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = TrainState::new(&cfg, 16, Device::Cpu);
+        state.epoch = 1;
+        state.order = Some(Tensor::from_slice(&crate::train::epoch_order(cfg.seed, 1, 64)));
+        let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", data.len() as usize, 2).unwrap();
+        ck.save(&state, &[]).unwrap();
+        let back = load_latest(dir.path(), &cfg, "fp", 64, 16, Device::Cpu).unwrap().unwrap();
+        assert_eq!((back.state.epoch, back.state.step), (1, 0));
+        assert!(back.state.order.is_none());
+        assert!(back.state.model.flat.equal(&state.model.flat));
+    }
 }
