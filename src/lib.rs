@@ -17,6 +17,7 @@
 //! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
+//! | [`evaluation`]| predictions as `evaluate` makes them; confusion matrix, precision, recall, F1 |
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
@@ -31,6 +32,7 @@ pub mod contract;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod evaluation;
 pub mod job;
 pub mod kernels;
 pub mod metrics;
