@@ -22,6 +22,7 @@
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
+//! | [`predict`]   | `train predict`: a saved model classifies PNG, JPEG or IDX images    |
 //!
 //! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
 
@@ -41,6 +42,7 @@ pub mod model;
 pub mod native;
 pub mod optim;
 pub mod plots;
+pub mod predict;
 pub mod s3;
 pub mod step;
 pub mod train;

@@ -5,6 +5,7 @@ mod checkpoints;
 mod contract;
 mod failures;
 mod infra;
+mod predict;
 mod s3;
 mod training;
 mod util;
