@@ -19,6 +19,7 @@
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
 //! | [`evaluation`]| predictions as `evaluate` makes them; confusion matrix, precision, recall, F1 |
 //! | [`plots`]     | the pictures of `output/data`, drawn with an embedded font            |
+//! | [`report`]    | `output/data`: `evaluation.json` and the plots, after training        |
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
@@ -43,6 +44,7 @@ pub mod native;
 pub mod optim;
 pub mod plots;
 pub mod predict;
+pub mod report;
 pub mod s3;
 pub mod step;
 pub mod train;

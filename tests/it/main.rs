@@ -5,6 +5,7 @@ mod checkpoints;
 mod contract;
 mod failures;
 mod infra;
+mod outputs;
 mod predict;
 mod s3;
 mod training;
