@@ -10,7 +10,6 @@ use std::sync::{Once, OnceLock};
 
 use ab_glyph::{point, Font, FontRef, Glyph, PxScale, ScaleFont};
 use anyhow::{anyhow, Result};
-use image::RgbImage;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::HPos;
@@ -49,8 +48,61 @@ fn fonts() {
     });
 }
 
+/// An RGB picture: `height` rows of `width` pixels, 3 bytes each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picture {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl Picture {
+    pub fn dimensions(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn get_pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        assert!(
+            x < self.width && y < self.height,
+            "({x}, {y}) is outside {}x{}",
+            self.width,
+            self.height
+        );
+        let i = 3 * (y as usize * self.width as usize + x as usize);
+        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+    }
+
+    /// The picture as an 8-bit RGB PNG.
+    pub fn png(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, self.width, self.height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header()?;
+        w.write_image_data(&self.rgb)?;
+        w.finish()?;
+        Ok(out)
+    }
+
+    /// Reads back an 8-bit RGB PNG such as [`Self::png`] writes.
+    pub fn from_png(bytes: &[u8]) -> Result<Self> {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info()?;
+        let mut rgb = vec![0; reader.output_buffer_size().unwrap_or(0)];
+        let frame = reader.next_frame(&mut rgb)?;
+        if (frame.color_type, frame.bit_depth) != (png::ColorType::Rgb, png::BitDepth::Eight) {
+            anyhow::bail!("a {:?} {:?} PNG, not 8-bit RGB", frame.bit_depth, frame.color_type);
+        }
+        rgb.truncate(frame.buffer_size());
+        Ok(Self { width: frame.width, height: frame.height, rgb })
+    }
+}
+
 /// Draws on a white `w × h` canvas.
-fn render(w: u32, h: u32, draw: impl FnOnce(&Area) -> DrawResult<()>) -> Result<RgbImage> {
+fn render(w: u32, h: u32, draw: impl FnOnce(&Area) -> DrawResult<()>) -> Result<Picture> {
     fonts();
     let mut buf = vec![255u8; w as usize * h as usize * 3];
     {
@@ -58,14 +110,7 @@ fn render(w: u32, h: u32, draw: impl FnOnce(&Area) -> DrawResult<()>) -> Result<
         draw(&root).map_err(|e| anyhow!("drawing a plot: {e}"))?;
         root.present().map_err(|e| anyhow!("drawing a plot: {e}"))?;
     }
-    Ok(RgbImage::from_raw(w, h, buf).expect("buffer matches its size"))
-}
-
-/// Encodes an image as PNG.
-pub fn png(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)?;
-    Ok(out.into_inner())
+    Ok(Picture { width: w, height: h, rgb: buf })
 }
 
 fn font(size: u32, bold: bool) -> FontDesc<'static> {
@@ -260,7 +305,7 @@ pub fn samples(
     labels: &[u8],
     (rows, cols): (usize, usize),
     class_names: &[String],
-) -> Result<RgbImage> {
+) -> Result<Picture> {
     let n = labels.len().min(SAMPLE_COUNT);
     let (w, h) = SAMPLES.size(n);
     render(w, h, |area| {
@@ -331,7 +376,7 @@ pub fn predictions(
     predicted: &Predictions,
     class_names: &[String],
     dataset: &str,
-) -> Result<RgbImage> {
+) -> Result<Picture> {
     let n = predicted.len().min(labels.len()).min(PREDICTION_COUNT);
     let k = predicted.num_classes;
     let (w, h) = PREDICTIONS.size(n);
@@ -423,6 +468,19 @@ fn draw_bars(
     Ok(())
 }
 
+/// `12345` as `12,345`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// matplotlib's `Blues` colour map at `t` in [0, 1].
 pub fn blues(t: f64) -> RGBColor {
     const STOPS: [(u8, u8, u8); 9] = [
@@ -496,13 +554,14 @@ pub fn confusion(
     class_names: &[String],
     dataset: &str,
     accuracy: f64,
-) -> Result<RgbImage> {
+) -> Result<Picture> {
     let l = confusion_layout(class_names);
     let k = matrix.len();
     let n: u64 = matrix.iter().flatten().sum();
     render(l.width, l.height, |area| {
         let title = format!(
-            "Confusion matrix: {dataset} set, {n} images, accuracy {:.1}%",
+            "Confusion matrix: {dataset} set, {} images, accuracy {:.1}%",
+            thousands(n),
             100.0 * accuracy
         );
         text(area, &title, (l.width as i32 / 2, 32), 22, true, &TEXT, HPos::Center)?;
@@ -568,7 +627,7 @@ const TRAINING_TITLE: u32 = 50;
 
 /// `training.png`: loss and accuracy per epoch, for training and (when there is any) validation
 /// data, with the epoch early stopping kept.
-pub fn training(metrics: &Metrics) -> Result<RgbImage> {
+pub fn training(metrics: &Metrics) -> Result<Picture> {
     let (w, h) = TRAINING_SIZE;
     let epochs = &metrics.epochs;
     render(w, h, |area| {
@@ -689,8 +748,8 @@ mod tests {
         crate::config::TrainConfig::default().class_names
     }
 
-    fn is(px: &image::Rgb<u8>, c: RGBColor) -> bool {
-        px.0 == [c.0, c.1, c.2]
+    fn is(px: [u8; 3], c: RGBColor) -> bool {
+        px == [c.0, c.1, c.2]
     }
 
     enum Tint {
@@ -699,11 +758,11 @@ mod tests {
     }
 
     /// Pixels of (anti-aliased) red or blue in the rectangle.
-    fn tinted(img: &RgbImage, (x, y, w, h): (u32, u32, u32, u32), t: Tint) -> usize {
+    fn tinted(img: &Picture, (x, y, w, h): (u32, u32, u32, u32), t: Tint) -> usize {
         let mut n = 0;
         for yy in y..y + h {
             for xx in x..x + w {
-                let [r, g, b] = img.get_pixel(xx, yy).0.map(i32::from);
+                let [r, g, b] = img.get_pixel(xx, yy).map(i32::from);
                 n += match t {
                     Tint::Red => r - g > 60 && r - b > 60,
                     Tint::Blue => b - r > 60,
@@ -714,12 +773,11 @@ mod tests {
     }
 
     /// Pixels that are neither white nor near-white.
-    fn inked(img: &RgbImage, (x, y, w, h): (u32, u32, u32, u32)) -> usize {
+    fn inked(img: &Picture, (x, y, w, h): (u32, u32, u32, u32)) -> usize {
         let mut n = 0;
         for yy in y..y + h {
             for xx in x..x + w {
-                n +=
-                    (img.get_pixel(xx, yy).0.iter().map(|&v| v as u32).sum::<u32>() < 600) as usize;
+                n += (img.get_pixel(xx, yy).iter().map(|&v| v as u32).sum::<u32>() < 600) as usize;
             }
         }
         n
@@ -732,6 +790,12 @@ mod tests {
                 (0..28 * 28).map(move |j| ((i * 7 + (j / 28) * 3 + (j % 28) * 5) % 256) as u8)
             })
             .collect()
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        let got: Vec<String> = [0, 999, 1000, 10000, 1234567].map(thousands).into();
+        assert_eq!(got, ["0", "999", "1,000", "10,000", "1,234,567"]);
     }
 
     #[test]
@@ -886,7 +950,7 @@ mod tests {
     }
 
     /// Mean row of the pixels of colour `c` in columns `[x0, x1)`.
-    fn mean_y(img: &RgbImage, x0: u32, x1: u32, c: RGBColor) -> Option<f64> {
+    fn mean_y(img: &Picture, x0: u32, x1: u32, c: RGBColor) -> Option<f64> {
         let ys: Vec<u32> = (x0..x1)
             .flat_map(|x| (0..img.height()).filter(move |&y| is(img.get_pixel(x, y), c)))
             .collect();
@@ -931,7 +995,8 @@ mod tests {
     #[test]
     fn png_round_trips() {
         let img = samples(&gradient_images(3), &[0, 1, 2], (28, 28), &names()).unwrap();
-        let back = image::load_from_memory(&png(&img).unwrap()).unwrap().to_rgb8();
+        let back = Picture::from_png(&img.png().unwrap()).unwrap();
         assert_eq!(back, img);
+        assert_eq!(back.get_pixel(SAMPLES_IMAGE.0, SAMPLES_IMAGE.1), [255; 3], "pixel 0 is white");
     }
 }

@@ -303,41 +303,90 @@ fn read_picture(
         return Err(format!("is {len} bytes, over the {MAX_IMAGE_FILE}-byte limit for an image"));
     }
     let bytes = fs::read(path).map_err(|e| format!("cannot be read: {}", io_reason(&e)))?;
-    let reader = || -> std::result::Result<image::ImageReader<io::Cursor<&[u8]>>, String> {
-        let mut r = image::ImageReader::new(io::Cursor::new(&bytes[..]))
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?;
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(16384);
-        limits.max_image_height = Some(16384);
-        limits.max_alloc = Some(256 << 20);
-        r.limits(limits);
-        Ok(r)
-    };
-    let format = reader()?.format();
-    let kind = match format {
-        Some(image::ImageFormat::Png) => "PNG",
-        _ => "JPEG",
-    };
-    // The size from the header first: a wrong-sized image is refused before it is decoded.
-    let (w, h) =
-        reader()?.into_dimensions().map_err(|e| format!("is not a readable {kind} image: {e}"))?;
-    if (w as usize, h as usize) != (cols, rows) {
-        return Err(format!("is {w}x{h} pixels (width x height); the model expects {cols}x{rows}"));
+    if bytes.starts_with(&PNG_MAGIC) {
+        read_png(&bytes, (rows, cols))
+    } else {
+        read_jpeg(&bytes, (rows, cols))
     }
-    if kind == "JPEG" && !jpeg_is_complete(&bytes) {
+}
+
+/// `Err` unless the picture is `cols` wide and `rows` high; checked from the header, before the
+/// pixels are decoded.
+fn check_size(w: usize, h: usize, (rows, cols): (usize, usize)) -> std::result::Result<(), String> {
+    if (w, h) == (cols, rows) {
+        Ok(())
+    } else {
+        Err(format!("is {w}x{h} pixels (width x height); the model expects {cols}x{rows}"))
+    }
+}
+
+fn not_grayscale(what: &str) -> String {
+    format!("has {what}; expected 1 (grayscale): convert it to 8-bit grayscale first")
+}
+
+fn read_png(bytes: &[u8], shape: (usize, usize)) -> std::result::Result<Vec<u8>, String> {
+    let unreadable = |e: png::DecodingError| format!("is not a readable PNG image: {e}");
+    let mut decoder =
+        png::Decoder::new_with_limits(io::Cursor::new(bytes), png::Limits { bytes: 64 << 20 });
+    // Grey levels of 1, 2, 4 or 16 bits become 8-bit ones.
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(unreadable)?;
+    let info = reader.info();
+    check_size(info.width as usize, info.height as usize, shape)?;
+    match info.color_type {
+        png::ColorType::Grayscale => {}
+        png::ColorType::GrayscaleAlpha => {
+            return Err(not_grayscale("2 channels (grayscale and alpha)"))
+        }
+        png::ColorType::Rgb => return Err(not_grayscale("3 channels (RGB)")),
+        png::ColorType::Rgba => return Err(not_grayscale("4 channels (RGBA)")),
+        png::ColorType::Indexed => return Err(not_grayscale("a colour palette (indexed colour)")),
+    }
+    let mut buf = vec![0; reader.output_buffer_size().ok_or("is too large an image")?];
+    let frame = reader.next_frame(&mut buf).map_err(unreadable)?;
+    buf.truncate(frame.buffer_size());
+    match frame.color_type {
+        png::ColorType::Grayscale => Ok(buf),
+        // A grey level marked transparent (tRNS) comes out with an alpha channel: keep the grey.
+        png::ColorType::GrayscaleAlpha => Ok(buf.into_iter().step_by(2).collect()),
+        other => Err(format!("decodes to {other:?} pixels; expected grayscale")),
+    }
+}
+
+fn read_jpeg(bytes: &[u8], shape: (usize, usize)) -> std::result::Result<Vec<u8>, String> {
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
+    let unreadable =
+        |e: zune_jpeg::errors::DecodeErrors| format!("is not a readable JPEG image: {e}");
+    let options = DecoderOptions::default().set_max_width(16384).set_max_height(16384);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(unreadable)?;
+    let info = decoder.info().ok_or("is not a readable JPEG image")?;
+    check_size(info.width as usize, info.height as usize, shape)?;
+    match decoder.input_colorspace() {
+        Some(ColorSpace::Luma) => {}
+        Some(ColorSpace::CMYK | ColorSpace::YCCK) => {
+            return Err(not_grayscale("4 channels (CMYK)"))
+        }
+        Some(ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::BGR) => {
+            return Err(not_grayscale("3 channels (colour)"))
+        }
+        other => return Err(format!("has colour space {other:?}; expected grayscale")),
+    }
+    if !jpeg_is_complete(bytes) {
         return Err("is a truncated JPEG image (no end-of-image marker after its last scan)".into());
     }
-    let img = reader()?.decode().map_err(|e| format!("is not a readable {kind} image: {e}"))?;
-    use image::ColorType::*;
-    let channels = match img.color() {
-        L8 | L16 => return Ok(img.to_luma8().into_raw()),
-        La8 | La16 => "2 channels (grayscale and alpha)",
-        Rgb8 | Rgb16 | Rgb32F => "3 channels (RGB)",
-        Rgba8 | Rgba16 | Rgba32F => "4 channels (RGBA)",
-        other => return Err(format!("has colour type {other:?}; expected 8-bit grayscale")),
-    };
-    Err(format!("has {channels}; expected 1 (grayscale): convert it to 8-bit grayscale first"))
+    decoder.set_options(options.jpeg_set_out_colorspace(ColorSpace::Luma));
+    let pixels = decoder.decode().map_err(unreadable)?;
+    if pixels.len() != shape.0 * shape.1 {
+        return Err(format!(
+            "decodes to {} bytes, not {} grey pixels",
+            pixels.len(),
+            shape.0 * shape.1
+        ));
+    }
+    Ok(pixels)
 }
 
 /// Classifies one file's images (`count × features` bytes).
@@ -609,6 +658,39 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         fs::write(d.path().join("m.tar.gz"), "not an archive at all").unwrap();
         assert!(extract_model(&d.path().join("m.tar.gz"), d.path()).is_err());
+    }
+
+    fn encode_png(
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        let mut writer = enc.write_header().unwrap();
+        writer.write_image_data(data).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn grayscale_pngs_of_any_depth_become_8_bit_pixels() {
+        use png::{BitDepth, ColorType::Grayscale};
+        // 16-bit: the high byte of each big-endian sample.
+        let sixteen = encode_png(2, 1, Grayscale, BitDepth::Sixteen, &[0xab, 0x12, 0x00, 0xff]);
+        assert_eq!(read_png(&sixteen, (1, 2)), Ok(vec![0xab, 0x00]));
+        // 4-bit: 0..15 spread over 0..255.
+        let four = encode_png(2, 1, Grayscale, BitDepth::Four, &[0x0f]);
+        assert_eq!(read_png(&four, (1, 2)), Ok(vec![0, 255]));
+        // Height and width are told apart: a 2-wide, 1-high picture is not 1 wide and 2 high.
+        let err = read_png(&four, (2, 1)).unwrap_err();
+        assert_eq!(err, "is 2x1 pixels (width x height); the model expects 1x2");
+        let cut = &sixteen[..sixteen.len() - 20];
+        assert!(read_png(cut, (1, 2)).unwrap_err().starts_with("is not a readable PNG image"));
     }
 
     #[test]

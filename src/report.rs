@@ -110,8 +110,8 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-fn save_png(dir: &Path, name: &str, img: image::RgbImage) -> Result<PathBuf> {
+fn save_png(dir: &Path, name: &str, picture: plots::Picture) -> Result<PathBuf> {
     let path = dir.join(name);
-    write_atomic(&path, &plots::png(&img)?)?;
+    write_atomic(&path, &picture.png()?)?;
     Ok(path)
 }

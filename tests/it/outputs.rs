@@ -1,9 +1,8 @@
 //! `output/data/` after a job: evaluation.json and the pictures, checked against the numbers
 //! and the data they claim to show.
 
-use image::RgbImage;
 use smtrain::data::load_channel;
-use smtrain::plots::{self, Grid};
+use smtrain::plots::{self, Grid, Picture};
 
 use crate::predict::{predict_cmd, Lines};
 use crate::util::{fixture, Job};
@@ -17,30 +16,30 @@ fn output_files(job: &Job) -> Vec<String> {
     names
 }
 
-fn png(job: &Job, name: &str) -> RgbImage {
+fn png(job: &Job, name: &str) -> Picture {
     let bytes = std::fs::read(job.path(&format!("output/data/{name}"))).unwrap();
-    assert_eq!(image::guess_format(&bytes).unwrap(), image::ImageFormat::Png, "{name}");
-    image::load_from_memory(&bytes).unwrap().to_rgb8()
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{name} is not a PNG");
+    Picture::from_png(&bytes).unwrap()
 }
 
 /// Distinct colours: a blank or nearly blank picture has a handful.
-fn colours(img: &RgbImage) -> usize {
-    let mut seen: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+fn colours(img: &Picture) -> usize {
+    let mut seen: Vec<&[u8]> = img.rgb.chunks(3).collect();
     seen.sort();
     seen.dedup();
     seen.len()
 }
 
-fn has_colour(img: &RgbImage, c: plotters::style::RGBColor) -> bool {
-    img.pixels().any(|p| p.0 == [c.0, c.1, c.2])
+fn has_colour(img: &Picture, c: plotters::style::RGBColor) -> bool {
+    img.rgb.chunks(3).any(|p| p == [c.0, c.1, c.2])
 }
 
 /// Red or blue (anti-aliased) pixels in a rectangle.
-fn tints(img: &RgbImage, (x, y, w, h): (u32, u32, u32, u32)) -> (usize, usize) {
+fn tints(img: &Picture, (x, y, w, h): (u32, u32, u32, u32)) -> (usize, usize) {
     let (mut red, mut blue) = (0, 0);
     for yy in y..y + h {
         for xx in x..x + w {
-            let [r, g, b] = img.get_pixel(xx, yy).0.map(i32::from);
+            let [r, g, b] = img.get_pixel(xx, yy).map(i32::from);
             red += (r - g > 60 && r - b > 60) as usize;
             blue += (b - r > 60) as usize;
         }
@@ -50,7 +49,7 @@ fn tints(img: &RgbImage, (x, y, w, h): (u32, u32, u32, u32)) -> (usize, usize) {
 
 /// Every image cell of a grid shows its image: a few pixels each, through the binary colour map.
 fn assert_grid_shows(
-    img: &RgbImage,
+    img: &Picture,
     grid: Grid,
     image_box: (u32, u32, u32),
     images: &[u8],
@@ -61,7 +60,7 @@ fn assert_grid_shows(
         let (cx, cy) = grid.cell(i);
         for (px, py) in [(0, 0), (size / 2, size / 3), (size / 3, size / 2), (size - 1, size - 1)] {
             let want = images[i * 784 + plots::source_pixel(px, py, (size, size), 28, 28)];
-            let got = img.get_pixel(cx + ix + px, cy + iy + py).0;
+            let got = img.get_pixel(cx + ix + px, cy + iy + py);
             assert_eq!(got, [255 - want; 3], "cell {i} pixel ({px},{py})");
         }
     }
@@ -131,7 +130,7 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
         let total: u64 = row.iter().sum();
         for (p, &count) in row.iter().enumerate() {
             let want = plots::blues(count as f64 / total as f64);
-            let got = img.get_pixel(l.x + p as u32 * l.cell + 2, l.y + t as u32 * l.cell + 2).0;
+            let got = img.get_pixel(l.x + p as u32 * l.cell + 2, l.y + t as u32 * l.cell + 2);
             assert_eq!(got, [want.0, want.1, want.2], "cell ({t},{p}) for {count} of {total}");
         }
     }

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use image::{ExtendedColorType, GrayImage};
 use smtrain::data::load_channel;
 
 use crate::util::{fixture, Job, Run, BIN};
@@ -54,16 +53,29 @@ fn test_images() -> PathBuf {
     fixture("test").join("images-idx3-ubyte.gz")
 }
 
-fn save_png(path: &Path, pixels: &[u8], w: u32, h: u32) {
-    GrayImage::from_raw(w, h, pixels.to_vec()).unwrap().save(path).unwrap();
+/// Writes an 8-bit PNG of `color` (`pixels` interleaved).
+fn write_png(path: &Path, pixels: &[u8], w: u32, h: u32, color: png::ColorType) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut enc = png::Encoder::new(file, w, h);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().unwrap();
+    writer.write_image_data(pixels).unwrap();
+    writer.finish().unwrap();
 }
 
-fn jpeg(pixels: &[u8], w: u32, h: u32) -> Vec<u8> {
+fn save_png(path: &Path, pixels: &[u8], w: u32, h: u32) {
+    write_png(path, pixels, w, h, png::ColorType::Grayscale);
+}
+
+fn jpeg(pixels: &[u8], w: u16, h: u16, color: jpeg_encoder::ColorType) -> Vec<u8> {
     let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95)
-        .encode(pixels, w, h, ExtendedColorType::L8)
-        .unwrap();
+    jpeg_encoder::Encoder::new(&mut out, 95).encode(pixels, w, h, color).unwrap();
     out
+}
+
+fn gray_jpeg(pixels: &[u8]) -> Vec<u8> {
+    jpeg(pixels, 28, 28, jpeg_encoder::ColorType::Luma)
 }
 
 #[test]
@@ -156,7 +168,7 @@ fn png_and_jpeg_files_are_classified_like_the_same_idx_images() {
         args.push(p);
     }
     let jpg = dir.path().join("photo.jpeg");
-    std::fs::write(&jpg, jpeg(&test.images[..784], 28, 28)).unwrap();
+    std::fs::write(&jpg, gray_jpeg(&test.images[..784])).unwrap();
     args.push(jpg.clone());
     let lines = Lines::of(predict_cmd(&job.path("model")).args(&args));
     assert_eq!(lines.0.len(), 5);
@@ -192,15 +204,14 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
     let d = tempfile::tempdir().unwrap();
     let p = |name: &str| d.path().join(name);
     save_png(&p("good.png"), &test.images[..784], 28, 28);
-    std::fs::write(p("good.jpg"), jpeg(&test.images[784..2 * 784], 28, 28)).unwrap();
+    std::fs::write(p("good.jpg"), gray_jpeg(&test.images[784..2 * 784])).unwrap();
     save_png(&p("big.png"), &[0u8; 32 * 32], 32, 32);
-    image::RgbImage::from_raw(28, 28, vec![7u8; 28 * 28 * 3]).unwrap().save(p("rgb.png")).unwrap();
-    image::GrayAlphaImage::from_raw(28, 28, vec![7u8; 28 * 28 * 2])
-        .unwrap()
-        .save(p("alpha.png"))
-        .unwrap();
+    write_png(&p("rgb.png"), &[7u8; 28 * 28 * 3], 28, 28, png::ColorType::Rgb);
+    write_png(&p("alpha.png"), &[7u8; 28 * 28 * 2], 28, 28, png::ColorType::GrayscaleAlpha);
+    let colour = jpeg(&[90u8; 28 * 28 * 3], 28, 28, jpeg_encoder::ColorType::Rgb);
+    std::fs::write(p("colour.jpg"), colour).unwrap();
     std::fs::write(p("notes.png"), "these are notes, not a picture\n").unwrap();
-    let whole = jpeg(&test.images[..784], 28, 28);
+    let whole = gray_jpeg(&test.images[..784]);
     // Cut inside the image data, as an interrupted download leaves it.
     std::fs::write(p("cut.jpg"), &whole[..whole.len() - 40]).unwrap();
     std::fs::write(p("empty.png"), "").unwrap();
@@ -211,6 +222,7 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         p("good.png"),
         p("rgb.png"),
         p("alpha.png"),
+        p("colour.jpg"),
         p("notes.png"),
         p("cut.jpg"),
         p("missing.png"),
@@ -231,6 +243,7 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         (p("big.png"), "is 32x32 pixels (width x height); the model expects 28x28"),
         (p("rgb.png"), "has 3 channels (RGB); expected 1 (grayscale)"),
         (p("alpha.png"), "has 2 channels (grayscale and alpha); expected 1 (grayscale)"),
+        (p("colour.jpg"), "has 3 channels (colour); expected 1 (grayscale)"),
         (p("notes.png"), "is not a PNG, JPEG or IDX image file (it starts with bytes 74 68 65 73)"),
         (p("cut.jpg"), "is a truncated JPEG image"),
         (p("missing.png"), "cannot be read: No such file or directory"),
@@ -245,7 +258,7 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         assert!(line.starts_with(&want), "got:  {line}\nwant: {want}");
     }
     assert!(
-        stderr.contains("classified 2 images from 2 files; 10 files could not be classified"),
+        stderr.contains("classified 2 images from 2 files; 11 files could not be classified"),
         "{stderr}"
     );
 }
