@@ -101,6 +101,10 @@ fn after_help() -> String {
                                       InternalError); exit 1 for input errors, 2 otherwise,
                                       143 when stopped by SIGTERM/SIGINT
   output/success                      written when a job succeeds
+  output/data/                        evaluation.json, predictions.png, confusion.png,
+                                      training.png, samples.png (uploaded as output.tar.gz)
+
+PREDICT: `train predict --help` classifies images with a trained model.
 
 METRICS on stdout, one line per epoch and one for the test set:
   metrics: epoch=1 learning_rate=0.001000 train_loss=0.498 train_accuracy=0.825 ...
