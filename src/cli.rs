@@ -15,6 +15,7 @@ use crate::config::KEYS;
 use crate::contract::{Paths, DEFAULT_BASE_DIR};
 use crate::error::{is_user_error, Stopped};
 use crate::job::{self, Summary};
+use crate::predict;
 use crate::s3::{self, ChannelArg, S3Uri};
 
 /// Exit code for errors in the job's input (hyperparameters, channels, data).
@@ -57,6 +58,30 @@ pub struct Cli {
 enum Command {
     /// Train (the default; SageMaker runs `IMAGE train`).
     Train,
+    /// Classify images with a trained model: one JSON line per image on stdout.
+    #[command(after_long_help = predict::HELP)]
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PredictArgs {
+    /// The model: a folder with model.json and model.safetensors, or a model.tar.gz
+    /// [default: <base-dir>/model]
+    #[arg(long, value_name = "DIR|model.tar.gz")]
+    model: Option<PathBuf>,
+    /// How many of the most likely classes each line lists under "top_k"
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    top_k: usize,
+    /// Write the JSON lines to FILE (atomically) instead of stdout
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Take 255 - pixel first, for dark objects on a light background (the model expects light
+    /// objects on black, as Fashion-MNIST)
+    #[arg(long)]
+    invert: bool,
+    /// PNG or JPEG files (grayscale, the model's input size), or IDX image files (gzipped or not)
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
 }
 
 fn after_help() -> String {
@@ -76,6 +101,10 @@ fn after_help() -> String {
                                       InternalError); exit 1 for input errors, 2 otherwise,
                                       143 when stopped by SIGTERM/SIGINT
   output/success                      written when a job succeeds
+  output/data/                        evaluation.json, predictions.png, confusion.png,
+                                      training.png, samples.png (uploaded as output.tar.gz)
+
+PREDICT: `train predict --help` classifies images with a trained model.
 
 METRICS on stdout, one line per epoch and one for the test set:
   metrics: epoch=1 learning_rate=0.001000 train_loss=0.498 train_accuracy=0.825 ...
@@ -150,6 +179,15 @@ pub fn main() -> ExitCode {
         Command::Train => {
             let opts = job::Options { channels: cli.channels };
             run_train(&paths, &opts, cli.output.as_ref())
+        }
+        Command::Predict(args) => {
+            let opts = predict::Options {
+                model: args.model.unwrap_or_else(|| paths.model_dir()),
+                inputs: args.images,
+                top_k: args.top_k,
+                invert: args.invert,
+            };
+            ExitCode::from(predict::main(&opts, args.out.as_deref()))
         }
     }
 }

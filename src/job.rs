@@ -17,6 +17,7 @@ use crate::data::{self, Dataset};
 use crate::device;
 use crate::error::{user, Stopped};
 use crate::metrics::{self, EpochMetrics, Metrics};
+use crate::report;
 use crate::s3::{self, ChannelArg, Location, S3Uri};
 use crate::train::{self, DeviceData, EpochStats, Hooks, Score, TrainState};
 
@@ -200,6 +201,17 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let model_dir = paths.model_dir();
     artifacts::write_model_dir(&model_dir, &outcome.model, &card, &metrics)?;
     info!(dir = %model_dir.display(), "model written");
+    let report = report::Inputs {
+        model: &outcome.model,
+        device: dev,
+        class_names: &cfg.class_names,
+        train: &train_set,
+        validation: validation_set.as_ref(),
+        test: test_set.as_ref().zip(test),
+        metrics: &metrics,
+    };
+    let written = report::write(&paths.output_data_dir(), &report)?;
+    info!(dir = %paths.output_data_dir().display(), files = written.len(), "output data written");
     Ok(Summary::Trained { test, model_dir })
 }
 

@@ -17,9 +17,13 @@
 //! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
+//! | [`evaluation`]| predictions as `evaluate` makes them; confusion matrix, precision, recall, F1 |
+//! | [`plots`]     | the pictures of `output/data`, drawn with an embedded font            |
+//! | [`report`]    | `output/data`: `evaluation.json` and the plots, after training        |
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
+//! | [`predict`]   | `train predict`: a saved model classifies PNG, JPEG or IDX images    |
 //!
 //! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
 
@@ -31,12 +35,16 @@ pub mod contract;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod evaluation;
 pub mod job;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod optim;
+pub mod plots;
+pub mod predict;
+pub mod report;
 pub mod s3;
 pub mod step;
 pub mod train;

@@ -6,6 +6,8 @@ mod contract;
 mod docker;
 mod failures;
 mod infra;
+mod outputs;
+mod predict;
 mod s3;
 mod training;
 mod util;

@@ -164,6 +164,12 @@ fn real_fashion_mnist_round_trip_through_s3() {
     let back = tempfile::tempdir().unwrap();
     unpack(&s.get("artifacts", "runs/e2e-job/output/model.tar.gz").unwrap(), back.path());
     assert_eq!(files_under(back.path()), ["metrics.json", "model.json", "model.safetensors"]);
+    let data = tempfile::tempdir().unwrap();
+    unpack(&s.get("artifacts", "runs/e2e-job/output/output.tar.gz").unwrap(), data.path());
+    assert_eq!(
+        files_under(data.path()),
+        ["confusion.png", "evaluation.json", "predictions.png", "samples.png", "training.png"]
+    );
     let reported: serde_json::Value =
         serde_json::from_slice(&std::fs::read(back.path().join("metrics.json")).unwrap()).unwrap();
     assert_eq!(reported, job.json("model/metrics.json"));

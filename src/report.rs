@@ -1,0 +1,117 @@
+//! `output/data/`, what people look at after a job (SageMaker uploads it as `output.tar.gz`):
+//! `evaluation.json` and the pictures of [`crate::plots`].
+//!
+//! The evaluation uses the test data, or the validation data when the job has no test channel;
+//! with neither, only `training.png` and `samples.png` are written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tch::Device;
+use tracing::{info, warn};
+
+use crate::artifacts::{write_atomic, write_json};
+use crate::data::Dataset;
+use crate::evaluation::{self, Evaluation};
+use crate::metrics::Metrics;
+use crate::model::Mlp;
+use crate::plots;
+use crate::train::{self, DeviceData, Score};
+
+pub const EVALUATION_FILE: &str = "evaluation.json";
+pub const PREDICTIONS_PNG: &str = "predictions.png";
+pub const CONFUSION_PNG: &str = "confusion.png";
+pub const TRAINING_PNG: &str = "training.png";
+pub const SAMPLES_PNG: &str = "samples.png";
+
+/// What the report is made from: the finished job's model, data and metrics.
+pub struct Inputs<'a> {
+    pub model: &'a Mlp,
+    /// Where the model lives (the evaluation runs there, as `train::evaluate` did).
+    pub device: Device,
+    pub class_names: &'a [String],
+    pub train: &'a Dataset,
+    pub validation: Option<&'a Dataset>,
+    /// The test set and `train::evaluate`'s score of it.
+    pub test: Option<(&'a Dataset, Score)>,
+    pub metrics: &'a Metrics,
+}
+
+/// Writes `output/data/`'s files into `dir`; returns their paths.
+pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let t = inp.train;
+    let mut written = vec![
+        save_png(
+            dir,
+            SAMPLES_PNG,
+            plots::samples(&t.images, &t.labels, (t.rows, t.cols), inp.class_names)?,
+        )?,
+        save_png(dir, TRAINING_PNG, plots::training(inp.metrics)?)?,
+    ];
+
+    let target = match (inp.test, inp.validation) {
+        (Some((set, score)), _) => Some(("test", set, score)),
+        (None, Some(set)) => {
+            let score = train::evaluate(inp.model, &DeviceData::new(set, inp.device));
+            Some(("validation", set, score))
+        }
+        (None, None) => None,
+    };
+    let Some((name, set, score)) = target else {
+        info!(
+            "no test or validation data: {EVALUATION_FILE}, {PREDICTIONS_PNG} and {CONFUSION_PNG} \
+             are not written"
+        );
+        // Nothing from an earlier run in the same folder may pass for this one's.
+        for stale in [EVALUATION_FILE, PREDICTIONS_PNG, CONFUSION_PNG] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        return Ok(written);
+    };
+    let data = DeviceData::new(set, inp.device);
+    // DeviceData scales pixels by 1/255 (model.json's input.scale).
+    let predicted = evaluation::predict(inp.model, &data.images, 1.0 / 255.0);
+    let eval = Evaluation::new(
+        name,
+        &set.source,
+        inp.class_names,
+        &set.labels,
+        &predicted.classes,
+        score.loss,
+    );
+    if eval.accuracy != score.accuracy {
+        warn!(
+            evaluation = eval.accuracy,
+            metrics = score.accuracy,
+            "the evaluation's accuracy differs from the one reported; this is a bug"
+        );
+    }
+    let path = dir.join(EVALUATION_FILE);
+    write_json(&path, &eval)?;
+    written.push(path);
+    let shape = (set.rows, set.cols);
+    written.push(save_png(
+        dir,
+        PREDICTIONS_PNG,
+        plots::predictions(&set.images, &set.labels, shape, &predicted, inp.class_names, name)?,
+    )?);
+    written.push(save_png(
+        dir,
+        CONFUSION_PNG,
+        plots::confusion(&eval.confusion_matrix, inp.class_names, name, eval.accuracy)?,
+    )?);
+    info!(
+        dataset = name,
+        accuracy = format!("{:.4}", eval.accuracy),
+        macro_f1 = format!("{:.4}", eval.macro_average.f1),
+        "evaluation"
+    );
+    Ok(written)
+}
+
+fn save_png(dir: &Path, name: &str, picture: plots::Picture) -> Result<PathBuf> {
+    let path = dir.join(name);
+    write_atomic(&path, &picture.png()?)?;
+    Ok(path)
+}
