@@ -1,6 +1,6 @@
 //! The pictures in `output/data`, drawn into RGB buffers with plotters and encoded as PNG.
 //!
-//! Text uses DejaVu Sans, compiled into the binary (`assets/fonts`, with its licence), so a
+//! Text uses DejaVu Sans, compiled into the binary (`src/fonts`, with its licence), so a
 //! container without any system font draws the same pictures. Images are shown as the notebook
 //! shows them, with matplotlib's `binary` colour map: pixel 0 (Fashion-MNIST's background) white,
 //! 255 black. The layouts are public so that tests can find what should be where.
@@ -18,8 +18,8 @@ use plotters::style::{register_font, FontStyle};
 use crate::evaluation::Predictions;
 use crate::metrics::Metrics;
 
-static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
-static FONT_BOLD: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-Bold.ttf");
+static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+static FONT_BOLD: &[u8] = include_bytes!("fonts/DejaVuSans-Bold.ttf");
 
 /// Right, the true class, the training curve (matplotlib's tab:blue).
 pub const BLUE: RGBColor = RGBColor(31, 119, 180);
