@@ -43,11 +43,17 @@ DOCKER_BUILD_ARGS = -f docker/Dockerfile \
 # The Rust tests run the cpu image; `make test` builds it first. Under CI that is required (a
 # missing engine fails the build); elsewhere a machine without a Docker engine skips the image
 # tests, and says so.
+# The engine is probed only when tests are asked for: other targets (push, submit) must not
+# touch Docker at parse time.
+ifeq ($(CI),)
+ifneq ($(filter test test-rust,$(MAKECMDGOALS)),)
 DOCKER_ENGINE := $(shell $(DOCKER) info >/dev/null 2>&1 && echo yes)
+endif
+endif
 ifneq ($(CI)$(DOCKER_ENGINE),)
 TEST_RUST_PREREQS += docker-image
 test-rust: export SMTRAIN_IMAGE = $(IMAGE_CPU)
-else
+else ifneq ($(filter test test-rust,$(MAKECMDGOALS)),)
 $(info No Docker engine here: `make test` skips the image tests (under CI they are required).)
 endif
 
