@@ -120,13 +120,8 @@ impl Step for TensorStep<'_> {
             .enumerate()
             .map(|(i, &width)| {
                 (self.cfg.dropout > 0.0).then(|| {
-                    let values = model::dropout_values(
-                        self.cfg.dropout,
-                        len as usize,
-                        width,
-                        mask_seed(self.cfg, epoch, state, i),
-                    );
-                    Tensor::from_slice(&values).view([len, width as i64]).to_device(device)
+                    let seed = mask_seed(self.cfg, epoch, state, i);
+                    model::dropout_mask(self.cfg.dropout, len as usize, width, seed, device)
                 })
             })
             .collect();
