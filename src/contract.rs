@@ -133,6 +133,14 @@ impl ResourceConfig {
         if self.hosts.is_empty() {
             return Err(user(format!("{}: \"hosts\" is empty", path.display())));
         }
+        if let Some((i, h)) =
+            self.hosts.iter().enumerate().find(|(i, h)| self.hosts[..*i].contains(h))
+        {
+            return Err(user(format!(
+                "{}: \"hosts\" names {h:?} twice (entry {i}); each host must appear once",
+                path.display()
+            )));
+        }
         if !self.hosts.contains(&self.current_host) {
             return Err(user(format!(
                 "{}: \"current_host\" {:?} is not in \"hosts\" {:?}",
