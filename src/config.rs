@@ -93,6 +93,10 @@ pub struct TrainConfig {
     pub checkpoint_keep: usize,
     /// Ignore existing checkpoints instead of resuming from them.
     pub start_fresh: bool,
+    /// Multi-host jobs: the master's port for the rendezvous.
+    pub distributed_port: u16,
+    /// Multi-host jobs: seconds to wait for the other hosts, and for any one exchange.
+    pub distributed_timeout: u64,
 }
 
 impl Default for TrainConfig {
@@ -124,6 +128,8 @@ impl Default for TrainConfig {
             checkpoint_interval: 1,
             checkpoint_keep: 2,
             start_fresh: false,
+            distributed_port: 29500,
+            distributed_timeout: 300,
         }
     }
 }
@@ -156,6 +162,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("checkpoint_interval", "epochs between checkpoints in /opt/ml/checkpoints; 0 = only on SIGTERM (default 1)"),
     ("checkpoint_keep", "checkpoints kept, newest first; 1 to 1000 (default 2)"),
     ("start_fresh", "true to ignore existing checkpoints instead of resuming (default false)"),
+    ("distributed_port", "multi-host jobs: the first host's rendezvous port; 1024 to 65535 (default 29500)"),
+    ("distributed_timeout", "multi-host jobs: seconds to wait for the other hosts and for each exchange with them; 1 to 86400 (default 300)"),
 ];
 
 /// Keys other tools add that a user may reasonably pass and we accept as other names.
@@ -336,6 +344,8 @@ impl TrainConfig {
                 "checkpoint_interval" => cfg.checkpoint_interval = v.usize(0, 100_000)?,
                 "checkpoint_keep" => cfg.checkpoint_keep = v.usize(1, 1000)?,
                 "start_fresh" => cfg.start_fresh = v.bool()?,
+                "distributed_port" => cfg.distributed_port = v.int(1024, 65_535)? as u16,
+                "distributed_timeout" => cfg.distributed_timeout = v.int(1, 86_400)?,
                 _ => return Err(unknown_key(key, raw)),
             }
         }
@@ -381,6 +391,8 @@ impl TrainConfig {
             "checkpoint_keep",
             "start_fresh",
             "early_stopping_patience",
+            "distributed_port",
+            "distributed_timeout",
         ];
         let cosine = serde_json::Value::from("cosine");
         if now.get("lr_schedule") != Some(&cosine) && saved.get("lr_schedule") != Some(&cosine) {
@@ -570,6 +582,8 @@ mod tests {
             ("checkpoint_interval", "1"),
             ("checkpoint_keep", "2"),
             ("start_fresh", "False"),
+            ("distributed_port", "29500"),
+            ("distributed_timeout", "300"),
         ];
         assert_eq!(parse(&defaults).unwrap(), d);
         for (k, _) in KEYS {
