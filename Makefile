@@ -20,6 +20,9 @@ BIN := $(CARGO_TARGET_DIR)/release/train
 
 DATA_DIR := /usr/share/datasets/fashion-mnist
 DATA_STAMP := $(DATA_DIR)/train-images-idx3-ubyte.gz
+# gloo's headers, which c10d's ProcessGroupGloo.hpp includes (multi-host training; the wheel
+# ships c10d's headers but not gloo's).
+GLOO_STAMP := /usr/include/gloo/context.h
 # Where `make train` lays out its /opt/ml tree.
 RUN_DIR ?= $(CURDIR)/.run
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -43,6 +46,10 @@ $(DATA_STAMP):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 
+$(GLOO_STAMP):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev
+
 # The torch wheel of exactly the version tch expects, unpacked into the cache; the stamp is
 # written last so an interrupted install is redone.
 $(TORCH_STAMP):
@@ -54,7 +61,7 @@ $(TORCH_STAMP):
 	mv "$(TORCH_SITE).tmp" "$(TORCH_SITE)"
 	touch "$@"
 
-setup: $(DATA_STAMP) $(TORCH_STAMP)
+setup: $(DATA_STAMP) $(GLOO_STAMP) $(TORCH_STAMP)
 
 build: setup
 	cargo build --release --locked

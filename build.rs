@@ -1,6 +1,6 @@
 //! Two jobs: give the `train` binary a run path to libtorch, so it starts without
-//! `LD_LIBRARY_PATH`; and compile the small C++ shim (src/native) that reaches ATen kernels tch
-//! does not bind.
+//! `LD_LIBRARY_PATH`; and compile the small C++ shim (src/native) that reaches what tch does not
+//! bind: ATen's fused Adam, and c10d's TCPStore and ProcessGroupGloo for multi-host training.
 //!
 //! `$ORIGIN/lib` serves the Docker image (libraries copied beside the binary); the absolute
 //! libtorch folder serves builds on the host. torch-sys hands us that folder through its
@@ -18,15 +18,36 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/lib:{}", lib.display());
 
     let root = lib.parent().expect("libtorch/lib has a parent");
-    cc::Build::new()
+    // The wheel ships c10d's headers but not gloo's, which ProcessGroupGloo.hpp includes. The
+    // shim only holds gloo objects through shared_ptr, so Debian's libgloo-dev headers serve.
+    let gloo = std::env::var_os("SMTRAIN_GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/include"));
+    println!("cargo:rerun-if-env-changed=SMTRAIN_GLOO_INCLUDE");
+    if !gloo.join("gloo/context.h").is_file() {
+        panic!(
+            "gloo headers not found in {} (needed to compile src/native/dist.cpp): install \
+             Debian's libgloo-dev (`make setup` does), or set SMTRAIN_GLOO_INCLUDE",
+            gloo.display()
+        );
+    }
+    let mut build = cc::Build::new();
+    // A system folder passed with -I would change the system headers' order; gcc finds it anyway.
+    if gloo != std::path::Path::new("/usr/include") {
+        build.include(&gloo);
+    }
+    build
         .cpp(true)
         .std("c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        // Without it ProcessGroupGloo.hpp declares nothing.
+        .define("USE_C10D_GLOO", "1")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .file("src/native/fused.cpp")
+        .file("src/native/dist.cpp")
         .compile("smtrain_native");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");

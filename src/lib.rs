@@ -8,9 +8,10 @@
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`]           |
 //! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
+//! | [`distributed`]| multi-host jobs: rank from `resourceconfig.json`, c10d rendezvous, all-reduce |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
-//! | [`native`]    | the C++ shim: ATen kernels tch does not bind (fused Adam)             |
+//! | [`native`]    | the C++ shim: ATen kernels tch does not bind (fused Adam); c10d in `native/dist.cpp` |
 //! | [`step`]      | one optimizer step: libtorch ops on any device, or the CPU fast path |
 //! | [`kernels`]   | the fast path's small parts as Rust loops (softmax-CE, ReLU, Adam)   |
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
@@ -34,6 +35,7 @@ pub mod config;
 pub mod contract;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod evaluation;
 pub mod job;

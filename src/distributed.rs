@@ -1,0 +1,433 @@
+//! Multi-host, data-parallel training through libtorch's c10d (the engine under PyTorch DDP):
+//! a TCPStore on the first host for the rendezvous, ProcessGroupGloo for the collectives.
+//!
+//! SageMaker starts the same image on `algo-1 … algo-N` and lists them in
+//! `resourceconfig.json`. A host's rank is its position in that list; `hosts[0]` is the master.
+//! Every rank holds the same data, takes its slice of each global batch, and the ranks average
+//! their gradients with one all-reduce per step, so all end with the same weights. The C++ side
+//! is `src/native/dist.cpp`.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use tch::{Kind, Tensor};
+use tracing::{info, warn};
+
+use crate::contract::ResourceConfig;
+use crate::error::{user, Stopped};
+
+extern "C" {
+    fn smtrain_store_new(
+        host: *const c_char,
+        port: c_int,
+        is_server: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn smtrain_store_set(
+        store: *mut c_void,
+        key: *const c_char,
+        value: *const c_char,
+    ) -> *mut c_char;
+    fn smtrain_store_check(
+        store: *mut c_void,
+        key: *const c_char,
+        present: *mut c_int,
+    ) -> *mut c_char;
+    fn smtrain_store_free(store: *mut c_void);
+    fn smtrain_group_new(
+        store: *mut c_void,
+        rank: c_int,
+        world: c_int,
+        interface: *const c_char,
+        hostname: *const c_char,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn smtrain_group_allreduce_sum(group: *mut c_void, t: *const c_void) -> *mut c_char;
+    fn smtrain_group_broadcast(group: *mut c_void, t: *const c_void, root: c_int) -> *mut c_char;
+    fn smtrain_group_free(group: *mut c_void);
+}
+
+/// The shim's message (NULL on success) as a `Result`, freeing it.
+fn check(msg: *mut c_char) -> std::result::Result<(), String> {
+    if msg.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a NUL-terminated string from strdup, which we own.
+    let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
+    unsafe { libc::free(msg as *mut c_void) };
+    Err(text)
+}
+
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| anyhow!("{s:?} contains a NUL byte"))
+}
+
+/// Who is who in a job, from `resourceconfig.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub rank: usize,
+    pub hosts: Vec<String>,
+    pub port: u16,
+    /// The interface the hosts share (SageMaker's `network_interface_name`), if named.
+    pub interface: Option<String>,
+}
+
+impl Topology {
+    pub fn new(rc: &ResourceConfig, port: u16) -> Self {
+        let rank = rc.hosts.iter().position(|h| *h == rc.current_host).unwrap_or(0);
+        Self { rank, hosts: rc.hosts.clone(), port, interface: rc.network_interface_name.clone() }
+    }
+
+    pub fn world(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn master(&self) -> &str {
+        &self.hosts[0]
+    }
+
+    pub fn host(&self) -> &str {
+        &self.hosts[self.rank]
+    }
+
+    /// `algo-2 (rank 1)`, for messages.
+    pub fn describe(&self, rank: usize) -> String {
+        format!("{} (rank {rank})", self.hosts[rank])
+    }
+
+    /// How many of the job's processes share this machine: hosts given as loopback addresses
+    /// (how tests and benchmarks run several ranks on one machine); 1 otherwise.
+    pub fn local_processes(&self) -> usize {
+        let loopback = |h: &str| {
+            h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        if loopback(self.host()) {
+            self.hosts.iter().filter(|h| loopback(h)).count()
+        } else {
+            1
+        }
+    }
+}
+
+/// Rows `lo..hi` of a batch of `len` that rank `rank` of `world` takes: contiguous, sizes
+/// differing by at most one, the first ranks taking the extra rows.
+pub fn share(len: usize, rank: usize, world: usize) -> (usize, usize) {
+    let (base, extra) = (len / world, len % world);
+    let lo = rank * base + rank.min(extra);
+    (lo, lo + base + usize::from(rank < extra))
+}
+
+/// This process's membership in the job's process group.
+pub struct Group {
+    store: *mut c_void,
+    group: *mut c_void,
+    pub topology: Topology,
+    /// All-reduces so far and their total time, for the log and the benchmark.
+    reduces: std::cell::Cell<(u64, Duration)>,
+}
+
+// SAFETY: the c10d objects behind the handles are used from one thread at a time (the training
+// loop); ProcessGroupGloo itself is thread-safe.
+unsafe impl Send for Group {}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: both handles came from the shim and are freed once.
+        unsafe {
+            smtrain_group_free(self.group);
+            smtrain_store_free(self.store);
+        }
+    }
+}
+
+/// How long one attempt to reach the master waits before we log and try again.
+const ATTEMPT: Duration = Duration::from_secs(5);
+
+impl Group {
+    /// Meets the other hosts: waits (bounded by `timeout`, logging) for the master's name to
+    /// resolve and its store to answer, then for every host to register, then builds the Gloo
+    /// process group. A host that never comes fails the job with its name.
+    pub fn join(topology: &Topology, timeout: Duration, stop: &AtomicBool) -> Result<Self> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let world = topology.world();
+        info!(
+            rank = topology.rank,
+            world,
+            master = %format!("{}:{}", topology.master(), topology.port),
+            timeout_seconds = timeout.as_secs(),
+            "joining the other hosts"
+        );
+        resolve_master(topology, deadline, stop)?;
+        let store = open_store(topology, deadline, stop)?;
+        let mut this = Self {
+            store,
+            group: std::ptr::null_mut(),
+            topology: topology.clone(),
+            reduces: Default::default(),
+        };
+        this.register(deadline, stop)?;
+        let iface = cstring(topology.interface.as_deref().unwrap_or(""))?;
+        let host = cstring(topology.host())?;
+        let mut group = std::ptr::null_mut();
+        // Gloo's own limit for every later exchange; a peer that dies closes its connections,
+        // which fails an exchange at once, so this only bounds a peer that hangs.
+        let ms = timeout.as_millis() as i64;
+        // SAFETY: the store handle is live; out receives a new handle on success.
+        check(unsafe {
+            smtrain_group_new(
+                this.store,
+                topology.rank as c_int,
+                world as c_int,
+                iface.as_ptr(),
+                host.as_ptr(),
+                ms,
+                &mut group,
+            )
+        })
+        .map_err(|e| anyhow!("setting up Gloo between {:?}: {e}", topology.hosts))?;
+        this.group = group;
+        info!(
+            rank = topology.rank,
+            world,
+            seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "all hosts joined"
+        );
+        Ok(this)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.topology.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.topology.world()
+    }
+
+    /// Announces this host in the store and waits for every other host to do the same.
+    fn register(&mut self, deadline: Instant, stop: &AtomicBool) -> Result<()> {
+        let t = &self.topology;
+        let key = cstring(&format!("host/{}", t.rank))?;
+        let value = cstring(t.host())?;
+        // SAFETY: the store handle is live.
+        check(unsafe { smtrain_store_set(self.store, key.as_ptr(), value.as_ptr()) })
+            .map_err(|e| anyhow!("registering with the master {}: {e}", t.master()))?;
+        let mut last_log = Instant::now();
+        loop {
+            let mut missing = Vec::new();
+            for rank in 0..t.world() {
+                let key = cstring(&format!("host/{rank}"))?;
+                let mut present: c_int = 0;
+                // SAFETY: the store handle is live.
+                check(unsafe { smtrain_store_check(self.store, key.as_ptr(), &mut present) })
+                    .map_err(|e| anyhow!("asking the master {} who joined: {e}", t.master()))?;
+                if present == 0 {
+                    missing.push(t.describe(rank));
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(Stopped(" while waiting for the other hosts".into()).into());
+            }
+            if Instant::now() >= deadline {
+                return Err(user(format!(
+                    "host {} did not join within the distributed_timeout ({} of {} hosts \
+                     missing; check that every host runs this job and can reach {}:{})",
+                    missing.join(", "),
+                    missing.len(),
+                    t.world(),
+                    t.master(),
+                    t.port
+                )));
+            }
+            if last_log.elapsed() >= ATTEMPT {
+                info!(missing = %missing.join(", "), "waiting for hosts to join");
+                last_log = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn failed(&self, op: &str, e: String) -> anyhow::Error {
+        anyhow!(
+            "{op} across hosts {:?} failed on {}: {e} (another host probably stopped or \
+             failed; its log says why)",
+            self.topology.hosts,
+            self.topology.describe(self.rank())
+        )
+    }
+
+    /// Sums `t` (contiguous, on any device Gloo handles) over all ranks, in place. Every rank
+    /// ends with the same bits.
+    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
+        let start = Instant::now();
+        // SAFETY: the group handle and the tensor are live for the call.
+        check(unsafe { smtrain_group_allreduce_sum(self.group, t.as_ptr() as *const c_void) })
+            .map_err(|e| self.failed("all-reduce", e))?;
+        let (n, total) = self.reduces.get();
+        self.reduces.set((n + 1, total + start.elapsed()));
+        Ok(())
+    }
+
+    /// How many all-reduces this process made, and their mean time (waiting for slower ranks
+    /// included).
+    pub fn all_reduce_stats(&self) -> (u64, Duration) {
+        let (n, total) = self.reduces.get();
+        (n, total.checked_div(n.max(1) as u32).unwrap_or_default())
+    }
+
+    /// Overwrites `t` on every rank with rank `root`'s `t`.
+    pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
+        // SAFETY: the group handle and the tensor are live for the call.
+        check(unsafe {
+            smtrain_group_broadcast(self.group, t.as_ptr() as *const c_void, root as c_int)
+        })
+        .map_err(|e| self.failed("broadcast", e))
+    }
+
+    /// Rank 0's `bytes` on every rank (what the others pass is ignored).
+    pub fn broadcast_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        let len = Tensor::from_slice(&[bytes.len() as i64]);
+        self.broadcast(&len, 0)?;
+        let len = len.int64_value(&[0]) as usize;
+        let buf = if self.rank() == 0 {
+            Tensor::from_slice(bytes)
+        } else {
+            Tensor::zeros([len as i64], (Kind::Uint8, tch::Device::Cpu))
+        };
+        self.broadcast(&buf, 0)?;
+        let mut out = vec![0u8; len];
+        buf.copy_data(&mut out, len);
+        Ok(out)
+    }
+
+    /// Whether every rank says `ok`: how one rank's refusal (say, of rank 0's starting state)
+    /// reaches the others as a clear failure instead of a broken connection later.
+    pub fn all_ok(&self, ok: bool) -> Result<Vec<usize>> {
+        let flags = Tensor::zeros([self.world() as i64], (Kind::Float, tch::Device::Cpu));
+        if !ok {
+            let _ = flags.get(self.rank() as i64).fill_(1.0);
+        }
+        self.all_reduce_sum(&flags)?;
+        let flags: Vec<f32> = Vec::try_from(&flags)?;
+        Ok(flags.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(r, _)| r).collect())
+    }
+}
+
+/// Waits for the master's name to resolve (SageMaker's DNS can lag at start).
+fn resolve_master(t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match (t.master(), t.port).to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) if Instant::now() >= deadline => {
+                return Err(user(format!(
+                    "master host {} (rank 0 in resourceconfig.json's hosts) did not resolve \
+                     within the distributed_timeout after {attempts} attempts: {e}",
+                    t.master()
+                )));
+            }
+            Err(e) => {
+                warn!(master = %t.master(), attempt = attempts, "master does not resolve yet: {e}")
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(Stopped(" while waiting for the master host".into()).into());
+        }
+        std::thread::sleep(
+            Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+        );
+    }
+}
+
+/// Rank 0 opens the store; the others connect to it, retrying until the deadline.
+fn open_store(t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<*mut c_void> {
+    let host = cstring(t.master())?;
+    let server = t.rank == 0;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait =
+            if server { left.max(ATTEMPT) } else { ATTEMPT.min(left).max(Duration::from_secs(1)) };
+        let mut store = std::ptr::null_mut();
+        // SAFETY: out receives a new handle on success.
+        let result = check(unsafe {
+            smtrain_store_new(
+                host.as_ptr(),
+                t.port as c_int,
+                server as c_int,
+                t.world() as c_int,
+                wait.as_millis() as i64,
+                &mut store,
+            )
+        });
+        match result {
+            Ok(()) => return Ok(store),
+            Err(e) if server => {
+                bail!("{}: cannot listen on port {} as the master: {e}", t.host(), t.port)
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(user(format!(
+                    "master host {} did not answer on port {} within the distributed_timeout \
+                     ({attempts} attempts; last: {e}); check that it runs this job",
+                    t.master(),
+                    t.port
+                )))
+            }
+            Err(e) => {
+                warn!(master = %format!("{}:{}", t.master(), t.port), attempt = attempts, "master not reachable yet: {e}")
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(Stopped(" while waiting for the master host".into()).into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_the_batch_once_and_differ_by_at_most_one() {
+        for world in 1..5 {
+            for len in 0..40 {
+                let parts: Vec<_> = (0..world).map(|r| share(len, r, world)).collect();
+                assert_eq!(parts[0].0, 0);
+                assert_eq!(parts[world - 1].1, len);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].1, w[1].0);
+                }
+                let sizes: Vec<_> = parts.iter().map(|(a, b)| b - a).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn rank_is_the_position_in_hosts_and_loopback_hosts_share_the_machine() {
+        let rc = |current: &str, hosts: &[&str]| ResourceConfig {
+            current_host: current.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            current_instance_type: None,
+            network_interface_name: Some("eth0".into()),
+        };
+        let t = Topology::new(&rc("algo-2", &["algo-1", "algo-2", "algo-3"]), 29500);
+        assert_eq!((t.rank, t.world(), t.master()), (1, 3, "algo-1"));
+        assert_eq!(t.interface.as_deref(), Some("eth0"));
+        assert_eq!(t.local_processes(), 1);
+        let t = Topology::new(&rc("127.0.0.2", &["127.0.0.1", "127.0.0.2"]), 1);
+        assert_eq!((t.rank, t.local_processes()), (1, 2));
+    }
+}
