@@ -65,7 +65,7 @@ fn main() {
 
     // The CPU fast path, as training runs it.
     let mut state = TrainState::new(&cfg, 784, Device::Cpu);
-    let mut host = HostStep::new(&cfg, &data, &state);
+    let mut host = HostStep::new(&cfg, &data, &state, None);
     let t0 = cpu_seconds();
     for step in 0..steps {
         let start = (step as i64 * batch) % (n - batch);

@@ -169,8 +169,9 @@ impl Checkpointer {
         &self.dir
     }
 
-    /// Writes a checkpoint of `state` (with the job's metrics so far) and prunes older ones.
-    pub fn save(&mut self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<PathBuf> {
+    /// A checkpoint of `state` (with the job's metrics so far) as the bytes of its file: what
+    /// `save` writes, and what rank 0 of a multi-host job sends the others as their start.
+    pub fn encode(&self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<Vec<u8>> {
         let mut tensors: Vec<(&str, HostTensor)> = vec![
             ("params", to_host(&state.model.flat)),
             ("loss_sum", to_host(&state.loss_sum)),
@@ -201,19 +202,23 @@ impl Checkpointer {
             early_stop: state.early_stop,
             tensors_sha256: digest(tensors.iter().map(|(n, t)| (*n, t.data.as_slice()))),
         };
+        let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&meta)?)]);
+        safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (*n, t)), &Some(info))
+            .map_err(|e| anyhow::anyhow!("serialising the training state: {e:?}"))
+    }
+
+    /// Writes a checkpoint of `state` (with the job's metrics so far) and prunes older ones.
+    pub fn save(&mut self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<PathBuf> {
+        let bytes = self.encode(state, metrics)?;
         let position = (state.epoch * self.steps_per_epoch + state.step) as u64;
         let path = self.dir.join(file_name(position));
         let tmp = self.dir.join(format!(".{}.{}.tmp", file_name(position), std::process::id()));
-        let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&meta)?)]);
-        safetensors::tensor::serialize_to_file(
-            tensors.iter().map(|(n, t)| (*n, t)),
-            &Some(info),
-            &tmp,
-        )
-        .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()
+            })
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).ok();
         info!(path = %path.display(), epoch = state.epoch, step = state.step, "checkpoint written");
@@ -268,7 +273,10 @@ pub fn load_latest(
     for path in files {
         match read(&path, &sizes, samples, device) {
             Ok((meta, tensors)) => {
-                return restore(path, meta, tensors, cfg, fingerprint, &sizes, device).map(Some)
+                let name = path.display().to_string();
+                let mut restored = restore(&name, meta, tensors, cfg, fingerprint, &sizes, device)?;
+                restored.path = path;
+                return Ok(Some(restored));
             }
             Err(why) => {
                 warn!(path = %path.display(), "skipping unusable checkpoint: {why:#}");
@@ -286,6 +294,30 @@ pub fn load_latest(
     )))
 }
 
+/// A training state that rank 0 of a multi-host job sent as bytes ([`Checkpointer::encode`]),
+/// verified like a checkpoint file and checked against this host's configuration and data.
+pub fn from_bytes(
+    bytes: &[u8],
+    origin: &str,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    samples: usize,
+    features: usize,
+    device: Device,
+) -> Result<Restored> {
+    let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
+    let len = bytes.len() as u64;
+    anyhow::ensure!(len <= size_limit(&sizes, samples), "{origin}: {len} bytes, too many");
+    let (meta, tensors) = parse(bytes, &sizes, samples, device).context(origin.to_string())?;
+    restore(origin, meta, tensors, cfg, fingerprint, &sizes, device)
+}
+
+/// The most bytes a checkpoint of this model can take: four parameter-sized buffers, the
+/// order, and generous room for the header and metrics.
+fn size_limit(sizes: &[usize], samples: usize) -> u64 {
+    (4 * model::param_count(sizes) * 4 + samples * 8 + (64 << 20)) as u64
+}
+
 /// Reads and verifies one checkpoint file: size, format, dtypes, shapes, checksum.
 fn read(
     path: &Path,
@@ -293,18 +325,26 @@ fn read(
     samples: usize,
     device: Device,
 ) -> Result<(Meta, HashMap<String, Tensor>)> {
-    let params = model::param_count(sizes);
-    // Four parameter-sized buffers, the order, and generous room for the header and metrics.
-    let limit = (4 * params * 4 + samples * 8 + (64 << 20)) as u64;
+    let limit = size_limit(sizes, samples);
     let len = std::fs::metadata(path)?.len();
     anyhow::ensure!(
         len <= limit,
         "{len} bytes, more than the {limit} a checkpoint of this model can take"
     );
-    let bytes = std::fs::read(path)?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse(&std::fs::read(path)?, sizes, samples, device)
+}
+
+/// Verifies a checkpoint's bytes: format, dtypes, shapes, checksum.
+fn parse(
+    bytes: &[u8],
+    sizes: &[usize],
+    samples: usize,
+    device: Device,
+) -> Result<(Meta, HashMap<String, Tensor>)> {
+    let params = model::param_count(sizes);
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("not a readable safetensors file: {e:?}"))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow::anyhow!("unreadable header: {e:?}"))?;
     let meta_json = header
         .metadata()
@@ -363,8 +403,10 @@ fn read(
     Ok((meta, tensors))
 }
 
+/// Turns verified tensors into a training state, after checking that they were made with
+/// this configuration and data; `name` says where they came from.
 fn restore(
-    path: PathBuf,
+    name: &str,
     meta: Meta,
     mut t: HashMap<String, Tensor>,
     cfg: &TrainConfig,
@@ -372,7 +414,6 @@ fn restore(
     sizes: &[usize],
     device: Device,
 ) -> Result<Restored> {
-    let name = path.display();
     let diffs = cfg.result_differences(&meta.config);
     if !diffs.is_empty() {
         return Err(user(format!(
@@ -426,8 +467,8 @@ fn restore(
         best,
         early_stop: meta.early_stop,
     };
-    info!(path = %name, epoch = meta.epoch, step = meta.step, "resuming from checkpoint");
-    Ok(Restored { state, metrics: meta.metrics, path })
+    info!(from = %name, epoch = meta.epoch, step = meta.step, "resuming");
+    Ok(Restored { state, metrics: meta.metrics, path: PathBuf::from(name) })
 }
 
 #[cfg(test)]

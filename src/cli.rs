@@ -221,8 +221,8 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> Exit
             );
             finish_ok(paths)
         }
-        Ok(Summary::Skipped { host, leader }) => {
-            tracing::info!(%host, %leader, "nothing to do on this host; exiting cleanly");
+        Ok(Summary::Worker { host, rank, leader }) => {
+            tracing::info!(%host, rank, %leader, "training job succeeded on this host");
             finish_ok(paths)
         }
         Err(err) => {

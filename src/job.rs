@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tracing::info;
@@ -15,6 +15,7 @@ use crate::config::TrainConfig;
 use crate::contract::{InputMode, JobFiles, Paths};
 use crate::data::{self, Dataset};
 use crate::device;
+use crate::distributed::{Group, Topology};
 use crate::error::{user, Stopped};
 use crate::metrics::{self, EpochMetrics, Metrics};
 use crate::report;
@@ -51,9 +52,11 @@ pub enum Summary {
         test: Option<Score>,
         model_dir: PathBuf,
     },
-    /// A non-leader host of a multi-host job: nothing to do until multi-host training exists.
-    Skipped {
+    /// Another than the first host of a multi-host job: it trained its share; the first host
+    /// wrote the model.
+    Worker {
         host: String,
+        rank: usize,
         leader: String,
     },
 }
@@ -71,13 +74,8 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         instance_type = rc.current_instance_type.as_deref().unwrap_or("unknown"),
         "resource config"
     );
-    if !rc.is_leader() {
-        info!(
-            leader = %rc.hosts[0],
-            "multi-host job: only the first host trains and writes the model; this host exits"
-        );
-        return Ok(Summary::Skipped { host: rc.current_host.clone(), leader: rc.hosts[0].clone() });
-    }
+    let topology = Topology::new(rc, cfg.distributed_port);
+    let leader = topology.rank == 0;
 
     let sources = resolve_channels(paths, &files, &opts.channels)?;
     let sources = fetch_remote(paths, sources, stop)?;
@@ -104,8 +102,12 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         "data loaded"
     );
 
-    let placement = device::place(cfg.device, cfg.threads)?;
+    let placement = device::place(cfg.device, threads_for(&cfg, &topology))?;
     info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
+    let group = match topology.world() {
+        1 => None,
+        _ => Some(Group::join(&topology, Duration::from_secs(cfg.distributed_timeout), stop)?),
+    };
     let dev = placement.device;
     let train_data = DeviceData::new(&train_set, dev);
     let validation_data = validation_set.as_ref().map(|d| DeviceData::new(d, dev));
@@ -118,34 +120,54 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let steps = train::steps_per_epoch(train_data.len(), cfg.batch_size);
     let checkpointer =
         Checkpointer::new(&checkpoint_dir, &cfg, &train_set.fingerprint, train_set.len(), steps)?;
-    let restored = if cfg.start_fresh {
-        info!(dir = %checkpoint_dir.display(), "start_fresh: not resuming from existing checkpoints");
+    // Only the first host reads and writes checkpoints; the others start from what it sends.
+    let start = if !leader {
         None
+    } else if cfg.start_fresh {
+        info!(dir = %checkpoint_dir.display(), "start_fresh: not resuming from existing checkpoints");
+        Some((TrainState::new(&cfg, train_set.features(), dev), Vec::new()))
     } else {
-        checkpoint::load_latest(
+        let restored = checkpoint::load_latest(
             &checkpoint_dir,
             &cfg,
             &train_set.fingerprint,
             train_set.len(),
             train_set.features(),
             dev,
-        )?
+        )?;
+        Some(match restored {
+            Some(r) => (r.state, r.metrics),
+            None => (TrainState::new(&cfg, train_set.features(), dev), Vec::new()),
+        })
     };
-    let (state, metrics) = match restored {
-        Some(r) => (r.state, r.metrics),
-        None => (TrainState::new(&cfg, train_set.features(), dev), Vec::new()),
+    let (state, metrics) = match &group {
+        Some(g) => share_start(g, &checkpointer, start, &cfg, &train_set, dev)?,
+        None => start.expect("a single host is the leader"),
     };
 
     let train_start = Instant::now();
-    let mut hooks =
-        JobHooks { cfg: &cfg, stop, checkpointer, metrics, last: Instant::now(), stopped_at: None };
-    let outcome =
-        match train::resume(&cfg, &train_data, validation_data.as_ref(), state, &mut hooks) {
-            Err(e) if e.is::<Stopped>() => {
-                return Err(Stopped(hooks.stopped_at.unwrap_or_default()).into());
-            }
-            other => other?,
-        };
+    let mut hooks = JobHooks {
+        cfg: &cfg,
+        leader,
+        stop,
+        checkpointer,
+        metrics,
+        last: Instant::now(),
+        stopped_at: None,
+    };
+    let outcome = match train::resume(
+        &cfg,
+        &train_data,
+        validation_data.as_ref(),
+        state,
+        group.as_ref(),
+        &mut hooks,
+    ) {
+        Err(e) if e.is::<Stopped>() => {
+            return Err(Stopped(hooks.stopped_at.unwrap_or_default()).into());
+        }
+        other => other?,
+    };
     let epochs = hooks.metrics;
     let train_seconds = train_start.elapsed().as_secs_f64();
     if let Some(es) = outcome.early_stop {
@@ -154,6 +176,24 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
             best = es.best_epoch,
             "early stopping: kept the best epoch's weights"
         );
+    }
+
+    if let Some(g) = &group {
+        let (count, mean) = g.all_reduce_stats();
+        info!(
+            all_reduces = count,
+            mean_ms = format!("{:.3}", mean.as_secs_f64() * 1e3),
+            "exchanges with the other hosts"
+        );
+        check_weights_agree(g, &outcome.model.flat)?;
+        if !leader {
+            info!(leader = %topology.master(), "this host's share is done; the first host writes the model");
+            return Ok(Summary::Worker {
+                host: topology.host().to_string(),
+                rank: topology.rank,
+                leader: topology.master().to_string(),
+            });
+        }
     }
 
     let test = test_set.as_ref().map(|t| {
@@ -215,9 +255,86 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     Ok(Summary::Trained { test, model_dir })
 }
 
+/// Threads for libtorch: as configured; by default one per core, split between the job's
+/// processes when several share this machine.
+fn threads_for(cfg: &TrainConfig, topology: &Topology) -> usize {
+    let local = topology.local_processes();
+    if cfg.threads > 0 || local == 1 || std::env::var_os("OMP_NUM_THREADS").is_some() {
+        return cfg.threads;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / local).max(1)
+}
+
+/// Rank 0's starting state (fresh, or resumed from its checkpoints) on every rank: initial
+/// weights, optimizer state and position all come from the first host, as in PyTorch DDP. A
+/// rank whose configuration or data differ refuses it, and every rank fails saying so.
+fn share_start(
+    g: &Group,
+    checkpointer: &Checkpointer,
+    mine: Option<(TrainState, Vec<EpochMetrics>)>,
+    cfg: &TrainConfig,
+    train_set: &Dataset,
+    dev: tch::Device,
+) -> Result<(TrainState, Vec<EpochMetrics>)> {
+    let bytes = match &mine {
+        Some((state, metrics)) => checkpointer.encode(state, metrics)?,
+        None => Vec::new(),
+    };
+    let bytes = g.broadcast_bytes(&bytes)?;
+    let origin = g.topology.describe(0);
+    let received = match mine {
+        Some(start) => Ok(start),
+        None => checkpoint::from_bytes(
+            &bytes,
+            &format!("the starting state sent by {origin}"),
+            cfg,
+            &train_set.fingerprint,
+            train_set.len(),
+            train_set.features(),
+            dev,
+        )
+        .map(|r| (r.state, r.metrics)),
+    };
+    let refused = g.all_ok(received.is_ok())?;
+    let start = received?;
+    if !refused.is_empty() {
+        let who: Vec<String> = refused.iter().map(|&r| g.topology.describe(r)).collect();
+        return Err(user(format!(
+            "{} refused the starting state sent by {origin}: other hyperparameters or other \
+             training data there (that host's log names the difference)",
+            who.join(", ")
+        )));
+    }
+    info!(from = %origin, bytes = bytes.len(), "starting state shared");
+    Ok(start)
+}
+
+/// Fails unless every rank ended with rank 0's exact weights: they must, and a silent
+/// divergence would ship one host's model as everyone's.
+fn check_weights_agree(g: &Group, params: &tch::Tensor) -> Result<()> {
+    let mut bytes = vec![0u8; params.numel() * 4];
+    params.copy_data_u8(&mut bytes, params.numel());
+    let mine = blake3::hash(&bytes);
+    let first = g.broadcast_bytes(mine.as_bytes())?;
+    let disagree = g.all_ok(first == mine.as_bytes())?;
+    if !disagree.is_empty() {
+        let who: Vec<String> = disagree.iter().map(|&r| g.topology.describe(r)).collect();
+        anyhow::bail!(
+            "the weights of {} differ from {}'s after training (blake3 here {mine})",
+            who.join(", "),
+            g.topology.describe(0)
+        );
+    }
+    info!(weights_blake3 = %mine, "weights identical on every host");
+    Ok(())
+}
+
 /// What the job does around the pure training loop: metric lines, logs and checkpoints.
 struct JobHooks<'a> {
     cfg: &'a TrainConfig,
+    /// The first host: the only one that prints metric lines and writes checkpoints.
+    leader: bool,
     stop: &'a AtomicBool,
     checkpointer: Checkpointer,
     metrics: Vec<EpochMetrics>,
@@ -250,10 +367,13 @@ impl Hooks for JobHooks<'_> {
             seconds = format!("{seconds:.3}"),
             "epoch done"
         );
-        println!("{}", metrics::epoch_line(&m));
+        if self.leader {
+            println!("{}", metrics::epoch_line(&m));
+        }
         self.metrics.push(m);
         let interval = self.cfg.checkpoint_interval;
-        if interval > 0 && (s.epoch.is_multiple_of(interval) || state.finished(self.cfg)) {
+        let due = interval > 0 && (s.epoch.is_multiple_of(interval) || state.finished(self.cfg));
+        if self.leader && due {
             self.checkpointer.save(state, &self.metrics)?;
         }
         self.last = Instant::now();
@@ -261,6 +381,14 @@ impl Hooks for JobHooks<'_> {
     }
 
     fn stopping(&mut self, state: &TrainState) -> Result<()> {
+        if !self.leader {
+            self.stopped_at = Some(format!(
+                " at epoch {} step {}; the first host wrote the checkpoint",
+                state.epoch + 1,
+                state.step
+            ));
+            return Ok(());
+        }
         let path = self.checkpointer.save(state, &self.metrics)?;
         self.stopped_at = Some(format!(
             " at epoch {} step {}; checkpoint {} written; running the job again resumes from it",

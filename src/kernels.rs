@@ -16,11 +16,16 @@ pub fn gather_scaled(src: &[u8], width: usize, idx: &[i64], scale: f32, out: &mu
 }
 
 /// Softmax cross-entropy over `logits` (rows of `classes`), in place: `logits` becomes the
-/// gradient of the mean loss with respect to the logits. Returns the summed loss and the number
-/// of rows whose largest logit (the first, on ties) is the label.
-pub fn softmax_xent_grad(logits: &mut [f32], classes: usize, labels: &[i64]) -> (f32, i64) {
-    let n = labels.len();
-    let inv_n = 1.0 / n as f32;
+/// gradient of the mean loss over a batch of `batch` rows with respect to the logits (`batch`
+/// exceeds the rows here when several ranks share a batch). Returns the summed loss and the
+/// number of rows whose largest logit (the first, on ties) is the label.
+pub fn softmax_xent_grad(
+    logits: &mut [f32],
+    classes: usize,
+    labels: &[i64],
+    batch: usize,
+) -> (f32, i64) {
+    let inv_n = 1.0 / batch as f32;
     let (mut loss, mut correct) = (0f32, 0i64);
     for (row, &y) in logits.chunks_exact_mut(classes).zip(labels) {
         let y = y as usize;
@@ -169,7 +174,7 @@ mod tests {
     #[test]
     fn softmax_xent_matches_the_formula() {
         let mut z = [1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5];
-        let (loss, correct) = softmax_xent_grad(&mut z, 3, &[2, 1]);
+        let (loss, correct) = softmax_xent_grad(&mut z, 3, &[2, 1], 2);
         let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
         let want = (lse - 3.0) + 3f32.ln();
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");

@@ -7,11 +7,16 @@
 //! gradients, the Adam update) run as plain Rust loops over preallocated buffers, because at a
 //! batch of 32 libtorch's per-operation dispatch costs more than their arithmetic. Both compute
 //! the same thing; a test holds them together.
+//!
+//! In a multi-host job ([`Exchange`]) each rank computes its rows of the global batch and the
+//! ranks sum their gradients with one all-reduce before the optimizer, so every rank takes the
+//! same step.
 
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
+use crate::distributed::{self, Group};
 use crate::kernels;
 use crate::model::{self, dense_views, Dense};
 use crate::train::{DeviceData, TrainState};
@@ -67,18 +72,78 @@ pub trait Step {
         epoch: usize,
         lr: f64,
     ) -> Result<()>;
+
+    /// Whether to stop before the next step, given whether this process was asked to. Ranks
+    /// must stop at the same step: a multi-host step sends the wish with its next all-reduce
+    /// and answers with what all ranks sent with the previous one.
+    fn stop_agreed(&mut self, local: bool) -> bool {
+        local
+    }
 }
 
-/// The step for the data's device: [`HostStep`] on the CPU, [`TensorStep`] elsewhere.
+/// The step for the data's device: [`HostStep`] on the CPU, [`TensorStep`] elsewhere; with a
+/// `group`, this rank's share of each step.
 pub fn for_device<'a>(
     cfg: &'a TrainConfig,
     data: &'a DeviceData,
     state: &TrainState,
+    group: Option<&'a Group>,
 ) -> Box<dyn Step + 'a> {
     if data.labels.device() == Device::Cpu {
-        Box::new(HostStep::new(cfg, data, state))
+        Box::new(HostStep::new(cfg, data, state, group))
     } else {
-        Box::new(TensorStep::new(cfg, data, state))
+        Box::new(TensorStep::new(cfg, data, state, group))
+    }
+}
+
+/// What follows the gradients in the exchanged buffer: the step's summed loss, its correct
+/// count, and the ranks' stop votes.
+const TAIL: i64 = 3;
+
+/// One buffer holding the gradients and the [`TAIL`], so a multi-host step exchanges
+/// everything with one all-reduce; and the gradients as a view of it.
+fn exchange_buffer(params: &Tensor) -> (Tensor, Tensor) {
+    let n = params.numel() as i64;
+    let buf = Tensor::zeros([n + TAIL], (Kind::Float, params.device()));
+    let grads = buf.narrow(0, 0, n);
+    (buf, grads)
+}
+
+/// A multi-host step's side of the bargain: which rows of each batch are this rank's, and the
+/// all-reduce.
+pub struct Exchange<'a> {
+    group: &'a Group,
+    buf: Tensor,
+    wants_stop: bool,
+    agreed_stop: bool,
+}
+
+impl<'a> Exchange<'a> {
+    fn new(group: &'a Group, buf: &Tensor) -> Self {
+        Self { group, buf: buf.shallow_clone(), wants_stop: false, agreed_stop: false }
+    }
+
+    /// This rank's rows `lo..hi` of a batch of `len`.
+    fn rows(&self, len: usize) -> (usize, usize) {
+        distributed::share(len, self.group.rank(), self.group.world())
+    }
+
+    /// Sums the buffer over the ranks after `tail` (loss, correct) is written into it; returns
+    /// the batch's summed loss and correct count.
+    fn all_reduce(&mut self, write_tail: impl FnOnce(&Tensor)) -> Result<(Tensor, Tensor)> {
+        let n = self.buf.numel() as i64 - TAIL;
+        let tail = self.buf.narrow(0, n, TAIL);
+        write_tail(&tail);
+        let _ = tail.get(2).fill_(if self.wants_stop { 1.0 } else { 0.0 });
+        self.group.all_reduce_sum(&self.buf)?;
+        let summed = tail.to_device(Device::Cpu);
+        self.agreed_stop = summed.double_value(&[2]) > 0.0;
+        Ok((tail.get(0), tail.get(1).to_kind(Kind::Int64)))
+    }
+
+    fn stop_agreed(&mut self, local: bool) -> bool {
+        self.wants_stop = local;
+        self.agreed_stop
     }
 }
 
@@ -92,13 +157,20 @@ pub struct TensorStep<'a> {
     data: &'a DeviceData,
     grad_flat: Tensor,
     grads: Vec<Dense>,
+    exchange: Option<Exchange<'a>>,
 }
 
 impl<'a> TensorStep<'a> {
-    pub fn new(cfg: &'a TrainConfig, data: &'a DeviceData, state: &TrainState) -> Self {
-        let grad_flat = Tensor::zeros_like(&state.model.flat);
+    pub fn new(
+        cfg: &'a TrainConfig,
+        data: &'a DeviceData,
+        state: &TrainState,
+        group: Option<&'a Group>,
+    ) -> Self {
+        let (buf, grad_flat) = exchange_buffer(&state.model.flat);
         let grads = dense_views(&grad_flat, state.model.sizes());
-        Self { cfg, data, grad_flat, grads }
+        let exchange = group.map(|g| Exchange::new(g, &buf));
+        Self { cfg, data, grad_flat, grads, exchange }
     }
 }
 
@@ -114,24 +186,46 @@ impl Step for TensorStep<'_> {
     ) -> Result<()> {
         let device = self.data.labels.device();
         let sizes = state.model.sizes().to_vec();
-        let (x, y) = self.data.batch(&order.narrow(0, start, len));
-        let masks = sizes[1..sizes.len() - 1]
-            .iter()
-            .enumerate()
-            .map(|(i, &width)| {
-                (self.cfg.dropout > 0.0).then(|| {
-                    let seed = mask_seed(self.cfg, epoch, state, i);
-                    model::dropout_mask(self.cfg.dropout, len as usize, width, seed, device)
+        let (lo, hi) = self.exchange.as_ref().map_or((0, len as usize), |x| x.rows(len as usize));
+        let (l, c) = if hi > lo {
+            let rows = (hi - lo) as i64;
+            let (x, y) = self.data.batch(&order.narrow(0, start + lo as i64, rows));
+            let masks = sizes[1..sizes.len() - 1]
+                .iter()
+                .enumerate()
+                .map(|(i, &width)| {
+                    (self.cfg.dropout > 0.0).then(|| {
+                        let seed = mask_seed(self.cfg, epoch, state, i);
+                        model::dropout_mask(self.cfg.dropout, len as usize, width, seed, device)
+                            .narrow(0, lo as i64, rows)
+                    })
                 })
-            })
-            .collect();
-        let (logits, tape) = state.model.forward_train(&x, masks);
-        let (dlogits, l, c) = model::cross_entropy_grad(&logits, &y);
-        state.model.backward(&tape, dlogits, &self.grads);
+                .collect();
+            let (logits, tape) = state.model.forward_train(&x, masks);
+            let (dlogits, l, c) = model::cross_entropy_grad(&logits, &y);
+            // The gradient of the whole batch's mean, of which these rows are a part.
+            let dlogits = if rows == len { dlogits } else { dlogits * (rows as f64 / len as f64) };
+            state.model.backward(&tape, dlogits, &self.grads);
+            (l, c)
+        } else {
+            let _ = self.grad_flat.zero_();
+            (Tensor::zeros([], (Kind::Float, device)), Tensor::zeros([], (Kind::Int64, device)))
+        };
+        let (l, c) = match &mut self.exchange {
+            Some(x) => x.all_reduce(|tail| {
+                let _ = tail.get(0).copy_(&l);
+                let _ = tail.get(1).copy_(&c);
+            })?,
+            None => (l, c),
+        };
         state.optimizer.step(&state.model.flat, &self.grad_flat, lr)?;
         let _ = state.loss_sum.g_add_(&l);
         let _ = state.correct.g_add_(&c);
         Ok(())
+    }
+
+    fn stop_agreed(&mut self, local: bool) -> bool {
+        self.exchange.as_mut().map_or(local, |x| x.stop_agreed(local))
     }
 }
 
@@ -191,6 +285,7 @@ pub struct HostStep<'a> {
     params: HostBuf,
     grad_flat: HostBuf,
     grads: Vec<Dense>,
+    exchange: Option<Exchange<'a>>,
     bias_grads: Vec<HostBuf>,
     /// Transposed views of the weights (they follow in-place updates).
     weights_t: Vec<Tensor>,
@@ -199,9 +294,14 @@ pub struct HostStep<'a> {
 }
 
 impl<'a> HostStep<'a> {
-    pub fn new(cfg: &'a TrainConfig, data: &'a DeviceData, state: &TrainState) -> Self {
+    pub fn new(
+        cfg: &'a TrainConfig,
+        data: &'a DeviceData,
+        state: &TrainState,
+        group: Option<&'a Group>,
+    ) -> Self {
         let sizes = state.model.sizes().to_vec();
-        let grad_flat = Tensor::zeros_like(&state.model.flat);
+        let (buf, grad_flat) = exchange_buffer(&state.model.flat);
         let grads = dense_views(&grad_flat, &sizes);
         let bias_grads = grads.iter().map(|g| HostBuf::new(g.bias.shallow_clone())).collect();
         let weights_t = state.model.layers.iter().map(|l| l.weight.tr()).collect();
@@ -216,6 +316,7 @@ impl<'a> HostStep<'a> {
             params: HostBuf::new(state.model.flat.shallow_clone()),
             grad_flat: HostBuf::new(grad_flat),
             grads,
+            exchange: group.map(|g| Exchange::new(g, &buf)),
             bias_grads,
             weights_t,
             buffers: Vec::new(),
@@ -233,7 +334,59 @@ impl Step for HostStep<'_> {
         epoch: usize,
         lr: f64,
     ) -> Result<()> {
-        let rows = len as usize;
+        let len = len as usize;
+        let (lo, hi) = self.exchange.as_ref().map_or((0, len), |x| x.rows(len));
+        // SAFETY: `order` is a contiguous CPU tensor of i64 that nothing writes meanwhile.
+        let idx = unsafe { &host::<i64>(order)[start as usize..][lo..hi] };
+        let (loss, correct) = if idx.is_empty() {
+            // SAFETY: no other reference into the gradients is live.
+            unsafe { self.grad_flat.slice().fill(0.0) };
+            (0.0, 0)
+        } else {
+            self.forward_backward(state, idx, (lo, len), epoch)
+        };
+        let (loss, correct) = match &mut self.exchange {
+            Some(x) => {
+                let (l, c) = x.all_reduce(|tail| {
+                    let _ = tail.get(0).fill_(loss as f64);
+                    let _ = tail.get(1).fill_(correct as f64);
+                })?;
+                (l.double_value(&[]) as f32, c.int64_value(&[]))
+            }
+            None => (loss, correct),
+        };
+        // SAFETY (here and below): each buffer is a contiguous CPU tensor of the stated type,
+        // each slice ends before libtorch touches that storage again, and libtorch's CPU
+        // operations have finished when they return.
+        unsafe {
+            host::<f32>(&state.loss_sum)[0] += loss;
+            host::<i64>(&state.correct)[0] += correct;
+            state.optimizer.step_host(
+                &state.model.flat,
+                self.params.slice(),
+                self.grad_flat.slice(),
+                lr,
+            )
+        }
+    }
+
+    fn stop_agreed(&mut self, local: bool) -> bool {
+        self.exchange.as_mut().map_or(local, |x| x.stop_agreed(local))
+    }
+}
+
+impl HostStep<'_> {
+    /// Forward and backward over the samples `idx`, rows `first..` of a batch of `batch`:
+    /// leaves the gradients of the batch's mean loss in `grad_flat` and returns these rows'
+    /// summed loss and correct count.
+    fn forward_backward(
+        &mut self,
+        state: &TrainState,
+        idx: &[i64],
+        (first, batch): (usize, usize),
+        epoch: usize,
+    ) -> (f32, i64) {
+        let rows = idx.len();
         let pos = match self.buffers.iter().position(|b| b.rows == rows) {
             Some(pos) => pos,
             None => {
@@ -245,10 +398,7 @@ impl Step for HostStep<'_> {
         let sizes = &self.sizes;
         let last = sizes.len() - 2;
         let layers = &state.model.layers;
-        // SAFETY (every `slice`/`host` below): each buffer is a contiguous CPU tensor of the
-        // stated type, each slice ends before libtorch touches that storage again, and
-        // libtorch's CPU operations have finished when they return.
-        let idx = unsafe { &host::<i64>(order)[start as usize..][..rows] };
+        // SAFETY (every `slice` below): as in `step`.
         unsafe { kernels::gather_scaled(self.images, sizes[0], idx, 1.0 / 255.0, b.x.slice()) };
         for (dst, &i) in b.labels.iter_mut().zip(idx) {
             *dst = self.labels[i as usize];
@@ -256,7 +406,12 @@ impl Step for HostStep<'_> {
         if self.cfg.dropout > 0.0 {
             for (i, mask) in b.masks.iter_mut().enumerate() {
                 let seed = mask_seed(self.cfg, epoch, state, i);
-                *mask = model::dropout_values(self.cfg.dropout, rows, sizes[i + 1], seed);
+                let width = sizes[i + 1];
+                // The whole batch's mask, so that a rank's rows get what one process would.
+                *mask = model::dropout_values(self.cfg.dropout, batch, width, seed);
+                if rows != batch {
+                    *mask = mask[first * width..(first + rows) * width].to_vec();
+                }
             }
         }
         let mask = |i: usize| (self.cfg.dropout > 0.0).then(|| b.masks[i].as_slice());
@@ -272,12 +427,9 @@ impl Step for HostStep<'_> {
             &b.input(last).tensor,
             &self.weights_t[last],
         );
+        let classes = sizes[last + 1];
         let (loss, correct) =
-            unsafe { kernels::softmax_xent_grad(b.logits.slice(), sizes[last + 1], &b.labels) };
-        unsafe {
-            host::<f32>(&state.loss_sum)[0] += loss;
-            host::<i64>(&state.correct)[0] += correct;
-        }
+            unsafe { kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch) };
 
         // Backward: the logits now hold their gradient.
         for i in (0..=last).rev() {
@@ -298,14 +450,7 @@ impl Step for HostStep<'_> {
                 };
             }
         }
-        unsafe {
-            state.optimizer.step_host(
-                &state.model.flat,
-                self.params.slice(),
-                self.grad_flat.slice(),
-                lr,
-            )
-        }
+        (loss, correct)
     }
 }
 
@@ -329,8 +474,8 @@ mod tests {
             let mut a = TrainState::new(&cfg, 16, Device::Cpu);
             let mut b = TrainState::new(&cfg, 16, Device::Cpu);
             let order = Tensor::from_slice(&crate::train::epoch_order(1, 0, 64));
-            let mut host_step = HostStep::new(&cfg, &data, &a);
-            let mut tensor_step = TensorStep::new(&cfg, &data, &b);
+            let mut host_step = HostStep::new(&cfg, &data, &a, None);
+            let mut tensor_step = TensorStep::new(&cfg, &data, &b, None);
             for s in 0..4 {
                 // 64 = 3 full batches of 16 and one of 16; use a short one too.
                 let len = if s == 3 { 10 } else { 16 };

@@ -15,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::data::Dataset;
+use crate::distributed::Group;
 use crate::error::Stopped;
 use crate::model::{self, Mlp};
 use crate::optim::Optimizer;
@@ -216,33 +217,39 @@ pub fn train(
     on_epoch: impl FnMut(&EpochStats),
 ) -> Result<Outcome> {
     let state = TrainState::new(cfg, train.images.size()[1] as usize, train.labels.device());
-    resume(cfg, train, validation, state, &mut Observe { stop, on_epoch })
+    resume(cfg, train, validation, state, None, &mut Observe { stop, on_epoch })
 }
 
-/// Continues training from `state` (fresh or restored from a checkpoint) to the end.
+/// Continues training from `state` (fresh or restored from a checkpoint) to the end. With a
+/// `group`, this process is one rank of a multi-host job: every rank must hold the same data
+/// and start from the same state, and each takes its share of every batch.
 pub fn resume(
     cfg: &TrainConfig,
     train: &DeviceData,
     validation: Option<&DeviceData>,
     mut state: TrainState,
+    group: Option<&Group>,
     hooks: &mut impl Hooks,
 ) -> Result<Outcome> {
     let device = train.labels.device();
     let n = train.len();
     let batch = cfg.batch_size as i64;
     let steps = steps_per_epoch(n, cfg.batch_size);
-    let mut stepper = step::for_device(cfg, train, &state);
+    let mut stepper = step::for_device(cfg, train, &state, group);
     while !state.finished(cfg) {
         let epoch = state.epoch;
         let lr = cfg.learning_rate_at(epoch);
-        let order = state
-            .order
-            .get_or_insert_with(|| {
-                Tensor::from_slice(&epoch_order(cfg.seed, epoch, n as usize)).to_device(device)
-            })
-            .shallow_clone();
+        if state.order.is_none() {
+            let order = Tensor::from_slice(&epoch_order(cfg.seed, epoch, n as usize));
+            // Every rank visits the samples in rank 0's order.
+            if let Some(g) = group {
+                g.broadcast(&order, 0)?;
+            }
+            state.order = Some(order.to_device(device));
+        }
+        let order = state.order.as_ref().expect("set above").shallow_clone();
         while state.step < steps {
-            if hooks.stop_requested() {
+            if stepper.stop_agreed(hooks.stop_requested()) {
                 hooks.stopping(&state)?;
                 return Err(Stopped::default().into());
             }
