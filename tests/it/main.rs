@@ -3,6 +3,7 @@
 
 mod checkpoints;
 mod contract;
+mod distributed;
 mod docker;
 mod failures;
 mod infra;
