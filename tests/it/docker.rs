@@ -395,63 +395,89 @@ fn sigint_ends_training_likewise() {
     stop_during_training(&image, "SIGINT");
 }
 
-#[test]
-fn two_hosts_on_a_private_network_train_once() {
-    let Some(image) = image() else { return };
-    let net = Network(unique("net"));
-    let created = docker(&["network", "create", "--driver", "bridge", "--internal", &net.0]);
-    assert!(created.status.success(), "{}", text(&created.stderr));
+/// Containers `algo-1` and `algo-2` on a private network, each with its own input, output and
+/// resourceconfig.json, started detached: one multi-host job as SageMaker runs it.
+struct Cluster {
+    jobs: Vec<Job>,
+    containers: Vec<Container>,
+    _net: Network,
+}
 
-    // As SageMaker local mode does: per-host input and output, one model folder for all hosts.
-    let model = tempfile::tempdir().unwrap();
-    let hosts = ["algo-1", "algo-2"];
-    let jobs: Vec<Job> = hosts
-        .iter()
-        .map(|host| {
-            let job = Job::small(&[("epochs", "1"), ("threads", "1")]);
-            resourceconfig(&job, host, &hosts);
-            job
-        })
-        .collect();
-    let containers: Vec<Container> = hosts.iter().map(|_| Container::new()).collect();
-    for ((host, job), c) in hosts.iter().zip(&jobs).zip(&containers) {
-        let input = format!("{}:/opt/ml/input:ro", job.path("input").display());
-        std::fs::create_dir_all(job.path("output")).unwrap();
-        let output = format!("{}:/opt/ml/output", job.path("output").display());
-        let model = format!("{}:/opt/ml/model", model.path().display());
-        let started = docker(&[
-            "run",
-            "--detach",
-            "--name",
-            c.name(),
-            "--network",
-            &net.0,
-            "--network-alias",
-            host,
-            "--hostname",
-            host,
-            "--env",
-            "OMP_NUM_THREADS=1",
-            "--volume",
-            &input,
-            "--volume",
-            &output,
-            "--volume",
-            &model,
-            &image,
-            "train",
-        ]);
-        assert!(started.status.success(), "{}", text(&started.stderr));
+const HOSTS: [&str; 2] = ["algo-1", "algo-2"];
+
+impl Cluster {
+    /// `model` is mounted as every host's /opt/ml/model (as SageMaker merges the hosts' model
+    /// folders into one tar), so a second writer would show.
+    fn start(image: &str, hp: &[(&str, &str)], model: &Path) -> Self {
+        let net = Network(unique("net"));
+        let created = docker(&["network", "create", "--driver", "bridge", "--internal", &net.0]);
+        assert!(created.status.success(), "{}", text(&created.stderr));
+        let jobs: Vec<Job> = HOSTS
+            .iter()
+            .map(|host| {
+                let job = Job::small(hp);
+                resourceconfig(&job, host, &HOSTS);
+                job
+            })
+            .collect();
+        let containers: Vec<Container> = HOSTS.iter().map(|_| Container::new()).collect();
+        for ((host, job), c) in HOSTS.iter().zip(&jobs).zip(&containers) {
+            let input = format!("{}:/opt/ml/input:ro", job.path("input").display());
+            std::fs::create_dir_all(job.path("output")).unwrap();
+            let output = format!("{}:/opt/ml/output", job.path("output").display());
+            let model = format!("{}:/opt/ml/model", model.display());
+            let started = docker(&[
+                "run",
+                "--detach",
+                "--name",
+                c.name(),
+                "--network",
+                &net.0,
+                "--network-alias",
+                host,
+                "--hostname",
+                host,
+                "--env",
+                "OMP_NUM_THREADS=1",
+                "--volume",
+                &input,
+                "--volume",
+                &output,
+                "--volume",
+                &model,
+                image,
+                "train",
+            ]);
+            assert!(started.status.success(), "{}", text(&started.stderr));
+        }
+        Self { jobs, containers, _net: net }
     }
-    let codes: Vec<i64> = containers.iter().map(Container::wait).collect();
-    let logs: Vec<(String, String)> = containers.iter().map(Container::logs).collect();
+}
+
+#[test]
+fn two_hosts_on_a_private_network_train_together() {
+    let Some(image) = image() else { return };
+    let model = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&image, &[("epochs", "2"), ("threads", "1")], model.path());
+    let codes: Vec<i64> = cluster.containers.iter().map(Container::wait).collect();
+    let logs: Vec<(String, String)> = cluster.containers.iter().map(Container::logs).collect();
     assert_eq!(codes, [0, 0], "{logs:?}");
 
-    // algo-1 trained and wrote the model; algo-2 said why it did nothing, and wrote nothing.
+    // Both trained, through the interface resourceconfig.json names, to the same weights;
+    // algo-1 printed the metrics and wrote the model, algo-2 neither.
+    let digest = |log: &str| {
+        let at = log.find("weights_blake3=").unwrap_or_else(|| panic!("no digest:\n{log}"));
+        log[at..][..15 + 64].to_string()
+    };
+    assert_eq!(digest(&logs[0].1), digest(&logs[1].1));
+    for (_, err) in &logs {
+        assert!(err.contains("all hosts joined"), "{err}");
+        assert!(err.contains("epoch=2/2"), "{err}");
+    }
     assert!(logs[0].0.contains("metrics: test_loss="), "{:?}", logs[0]);
-    assert!(logs[1].1.contains("only the first host trains and writes the model"), "{:?}", logs[1]);
+    assert!(logs[1].1.contains("the first host writes the model"), "{:?}", logs[1]);
     assert!(!logs[1].0.contains("metrics:"), "{:?}", logs[1]);
-    for job in &jobs {
+    for job in &cluster.jobs {
         assert!(job.succeeded());
         assert!(job.failure().is_none());
     }
@@ -464,4 +490,24 @@ fn two_hosts_on_a_private_network_train_once() {
     let card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model.path().join("model.json")).unwrap()).unwrap();
     assert_eq!(card["data"]["train"]["samples"], 1000);
+}
+
+#[test]
+fn killing_one_host_fails_the_other_promptly() {
+    let Some(image) = image() else { return };
+    let model = tempfile::tempdir().unwrap();
+    let hp = [("epochs", "100000"), ("threads", "1"), ("checkpoint_interval", "0")];
+    let cluster = Cluster::start(&image, &hp, model.path());
+    cluster.containers[0].wait_for_log("epoch done", Duration::from_secs(120));
+    let killed = docker(&["kill", cluster.containers[1].name()]);
+    assert!(killed.status.success(), "{}", text(&killed.stderr));
+    let at = Instant::now();
+    let code = cluster.containers[0].wait();
+    let after = at.elapsed();
+    assert_eq!(code, 2, "{:?}", cluster.containers[0].logs());
+    assert!(after < Duration::from_secs(30), "algo-1 noticed after {after:?}");
+    let failure = cluster.jobs[0].failure().unwrap();
+    assert!(failure.starts_with("InternalError:"), "{failure}");
+    assert!(failure.contains("another host probably stopped"), "{failure}");
+    assert!(!model.path().join("model.safetensors").exists());
 }
