@@ -76,6 +76,9 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     );
     let topology = Topology::new(rc, cfg.distributed_port);
     let leader = topology.rank == 0;
+    if topology.world() > 1 {
+        check_replicated(paths, &files)?;
+    }
 
     let sources = resolve_channels(paths, &files, &opts.channels)?;
     let sources = fetch_remote(paths, sources, stop)?;
@@ -253,6 +256,23 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let written = report::write(&paths.output_data_dir(), &report)?;
     info!(dir = %paths.output_data_dir().display(), files = written.len(), "output data written");
     Ok(Summary::Trained { test, model_dir })
+}
+
+/// Multi-host jobs need the same data on every host: each rank takes its share of every
+/// batch of it. (Per-host shards would need another batch plan; refused clearly until then.)
+fn check_replicated(paths: &Paths, files: &JobFiles) -> Result<()> {
+    let channels = files.input_data.iter().flatten();
+    for (name, spec) in channels {
+        if spec.distribution.as_deref() == Some("ShardedByS3Key") {
+            return Err(user(format!(
+                "{}: channel \"{name}\" uses S3DistributionType ShardedByS3Key, which multi-host \
+                 training does not support yet (every host must hold the same data); use \
+                 FullyReplicated",
+                paths.input_data_config().display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Threads for libtorch: as configured; by default one per core, split between the job's

@@ -267,3 +267,18 @@ fn a_stop_on_one_host_stops_all_and_they_resume_together() {
     assert!(again[1].stderr().contains("the starting state sent by 127.0.0.1 (rank 0)"));
     assert_eq!(weights(&again[0].job), want, "resumed weights differ from an uninterrupted run");
 }
+
+#[test]
+fn sharded_channels_are_refused_before_waiting_for_peers() {
+    let job = rank_job(&[], free_port(), &hosts(2), 0);
+    let config = serde_json::json!({
+        "train": {"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"},
+        "test": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"},
+    });
+    job.write("input/config/inputdataconfig.json", serde_json::to_vec(&config).unwrap());
+    let run = job.run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.contains("\"train\" uses S3DistributionType ShardedByS3Key"), "{failure}");
+    assert!(failure.contains("use FullyReplicated"), "{failure}");
+}
