@@ -27,3 +27,9 @@ bench: build $(BENCH_VENV)/.complete
 # Where one step's time goes, phase by phase (one thread, CPU time).
 bench-step: setup
 	cargo bench --locked --bench step
+
+# One process against two data-parallel ranks on loopback (c10d/Gloo), global batch 32, 256 and
+# 1024, with the all-reduce's cost per step (bench/dist.py). Heavy: run it alone.
+.PHONY: bench-dist
+bench-dist: build
+	$(PYTHON) bench/dist.py --bin "$(BIN)" --threads $(BENCH_THREADS)
