@@ -274,7 +274,9 @@ pub fn load_latest(
         match read(&path, &sizes, samples, device) {
             Ok((meta, tensors)) => {
                 let name = path.display().to_string();
+                let (epoch, step) = (meta.epoch, meta.step);
                 let mut restored = restore(&name, meta, tensors, cfg, fingerprint, &sizes, device)?;
+                info!(path = %name, epoch, step, "resuming from checkpoint");
                 restored.path = path;
                 return Ok(Some(restored));
             }
@@ -467,7 +469,6 @@ fn restore(
         best,
         early_stop: meta.early_stop,
     };
-    info!(from = %name, epoch = meta.epoch, step = meta.step, "resuming");
     Ok(Restored { state, metrics: meta.metrics, path: PathBuf::from(name) })
 }
 

@@ -264,7 +264,8 @@ fn a_stop_on_one_host_stops_all_and_they_resume_together() {
     for r in &mut again {
         assert_eq!(r.wait(Duration::from_secs(300)), 0, "{}", r.stderr());
     }
-    assert!(again[1].stderr().contains("the starting state sent by 127.0.0.1 (rank 0)"));
+    assert!(again[0].stderr().contains("resuming from checkpoint"), "{}", again[0].stderr());
+    assert!(again[1].stderr().contains("starting state shared from=127.0.0.1 (rank 0)"));
     assert_eq!(weights(&again[0].job), want, "resumed weights differ from an uninterrupted run");
 }
 
