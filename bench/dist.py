@@ -61,7 +61,7 @@ def run_ranks(binary, ranks, threads, batch, epochs):
         with open(f"{base}/model/metrics.json") as f:
             m = json.load(f)
         log = open(f"{base}/stderr.log").read()
-    found = re.search(r"all_reduces=(\d+) mean_ms=([\d.]+)", log)
+    found = re.search(r"all_reduces=(\d+) mean_ms=\"?([\d.]+)", log)
     mean_ms = float(found.group(2)) if found else None
     return [e["seconds"] for e in m["epochs"]], mean_ms, m["test"]["accuracy"]
 
