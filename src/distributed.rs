@@ -115,6 +115,22 @@ impl Topology {
     }
 }
 
+/// How the training data lies over the ranks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layout {
+    /// Every rank holds the same samples (FullyReplicated) and takes its rows of every batch.
+    Replicated,
+    /// Each rank holds its own shard (ShardedByS3Key), of these sizes in rank order, and fills
+    /// its rows of every batch from it.
+    Sharded(Vec<usize>),
+}
+
+/// This process's part in a multi-host job: its group, and how the data lies.
+pub struct Parallel<'a> {
+    pub group: &'a Group,
+    pub layout: Layout,
+}
+
 /// Rows `lo..hi` of a batch of `len` that rank `rank` of `world` takes: contiguous, sizes
 /// differing by at most one, the first ranks taking the extra rows.
 pub fn share(len: usize, rank: usize, world: usize) -> (usize, usize) {
@@ -295,18 +311,28 @@ impl Group {
 
     /// Rank 0's `bytes` on every rank (what the others pass is ignored).
     pub fn broadcast_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        self.broadcast_bytes_from(bytes, 0)
+    }
+
+    /// Rank `root`'s `bytes` on every rank.
+    fn broadcast_bytes_from(&self, bytes: &[u8], root: usize) -> Result<Vec<u8>> {
         let len = Tensor::from_slice(&[bytes.len() as i64]);
-        self.broadcast(&len, 0)?;
+        self.broadcast(&len, root)?;
         let len = len.int64_value(&[0]) as usize;
-        let buf = if self.rank() == 0 {
+        let buf = if self.rank() == root {
             Tensor::from_slice(bytes)
         } else {
             Tensor::zeros([len as i64], (Kind::Uint8, tch::Device::Cpu))
         };
-        self.broadcast(&buf, 0)?;
+        self.broadcast(&buf, root)?;
         let mut out = vec![0u8; len];
         buf.copy_data(&mut out, len);
         Ok(out)
+    }
+
+    /// Every rank's `bytes`, in rank order, on every rank.
+    pub fn all_gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        (0..self.world()).map(|root| self.broadcast_bytes_from(bytes, root)).collect()
     }
 
     /// Whether every rank says `ok`: how one rank's refusal (say, of rank 0's starting state)

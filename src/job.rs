@@ -15,7 +15,7 @@ use crate::config::TrainConfig;
 use crate::contract::{InputMode, JobFiles, Paths};
 use crate::data::{self, Dataset};
 use crate::device;
-use crate::distributed::{Group, Topology};
+use crate::distributed::{Group, Layout, Parallel, Topology};
 use crate::error::{user, Stopped};
 use crate::metrics::{self, EpochMetrics, Metrics};
 use crate::report;
@@ -76,9 +76,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     );
     let topology = Topology::new(rc, cfg.distributed_port);
     let leader = topology.rank == 0;
-    if topology.world() > 1 {
-        check_replicated(paths, &files)?;
-    }
+    let sharded = topology.world() > 1 && train_is_sharded(paths, &files, &cfg)?;
 
     let sources = resolve_channels(paths, &files, &opts.channels)?;
     let sources = fetch_remote(paths, sources, stop)?;
@@ -86,7 +84,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let mut sets = load_channels(&sources, cfg.num_classes)?;
     let data_load_seconds = load_start.elapsed().as_secs_f64();
     let train_set = sets.remove("train").expect("train channel resolved");
-    let (train_set, validation_set) = match sets.remove("validation") {
+    let (mut train_set, validation_set) = match sets.remove("validation") {
         Some(v) => (train_set, Some(v)),
         None if cfg.validation_split > 0.0 => {
             let (t, v) = train_set.split_tail(cfg.validation_split);
@@ -111,6 +109,14 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         1 => None,
         _ => Some(Group::join(&topology, Duration::from_secs(cfg.distributed_timeout), stop)?),
     };
+    let parallel = match &group {
+        Some(g) if sharded => Some(Parallel { group: g, layout: shard_layout(g, &mut train_set)? }),
+        Some(g) => Some(Parallel { group: g, layout: Layout::Replicated }),
+        None => None,
+    };
+    // What checkpoints record and check: the data (with shards, all hosts' together) and how
+    // many samples an epoch visits.
+    let epoch_samples = train::epoch_len(train_set.len(), cfg.batch_size, parallel.as_ref());
     let dev = placement.device;
     let train_data = DeviceData::new(&train_set, dev);
     let validation_data = validation_set.as_ref().map(|d| DeviceData::new(d, dev));
@@ -120,9 +126,9 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         .as_ref()
         .and_then(|c| c.local_path.clone())
         .unwrap_or_else(|| paths.checkpoints_dir());
-    let steps = train::steps_per_epoch(train_data.len(), cfg.batch_size);
+    let steps = train::steps_per_epoch(epoch_samples as i64, cfg.batch_size);
     let checkpointer =
-        Checkpointer::new(&checkpoint_dir, &cfg, &train_set.fingerprint, train_set.len(), steps)?;
+        Checkpointer::new(&checkpoint_dir, &cfg, &train_set.fingerprint, epoch_samples, steps)?;
     // Only the first host reads and writes checkpoints; the others start from what it sends.
     let start = if !leader {
         None
@@ -134,7 +140,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
             &checkpoint_dir,
             &cfg,
             &train_set.fingerprint,
-            train_set.len(),
+            epoch_samples,
             train_set.features(),
             dev,
         )?;
@@ -143,10 +149,14 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
             None => (TrainState::new(&cfg, train_set.features(), dev), Vec::new()),
         })
     };
-    let (state, metrics) = match &group {
-        Some(g) => share_start(g, &checkpointer, start, &cfg, &train_set, dev)?,
+    let (mut state, metrics) = match &group {
+        Some(g) => share_start(g, &checkpointer, start, &cfg, &train_set, epoch_samples, dev)?,
         None => start.expect("a single host is the leader"),
     };
+    if sharded {
+        // Each rank's order is its own shard's, derived from the seed as the epoch begins.
+        state.order = None;
+    }
 
     let train_start = Instant::now();
     let mut hooks = JobHooks {
@@ -163,7 +173,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         &train_data,
         validation_data.as_ref(),
         state,
-        group.as_ref(),
+        parallel.as_ref(),
         &mut hooks,
     ) {
         Err(e) if e.is::<Stopped>() => {
@@ -258,21 +268,59 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     Ok(Summary::Trained { test, model_dir })
 }
 
-/// Multi-host jobs need the same data on every host: each rank takes its share of every
-/// batch of it. (Per-host shards would need another batch plan; refused clearly until then.)
-fn check_replicated(paths: &Paths, files: &JobFiles) -> Result<()> {
-    let channels = files.input_data.iter().flatten();
-    for (name, spec) in channels {
-        if spec.distribution.as_deref() == Some("ShardedByS3Key") {
+/// Whether a multi-host job's train channel is sharded (ShardedByS3Key: each host its own
+/// part). Validation and test data must be the same on every host: every host scores the
+/// validation data to take the same early-stopping decisions, and the first host scores the test
+/// data for everyone.
+fn train_is_sharded(paths: &Paths, files: &JobFiles, cfg: &TrainConfig) -> Result<bool> {
+    let config = paths.input_data_config();
+    let mut sharded = false;
+    for (name, spec) in files.input_data.iter().flatten() {
+        if spec.distribution.as_deref() != Some("ShardedByS3Key") {
+            continue;
+        }
+        if name != "train" {
             return Err(user(format!(
-                "{}: channel \"{name}\" uses S3DistributionType ShardedByS3Key, which multi-host \
-                 training does not support yet (every host must hold the same data); use \
+                "{}: channel \"{name}\" uses S3DistributionType ShardedByS3Key; in a multi-host \
+                 job only \"train\" may be sharded (every host scores the same {name} data); use \
                  FullyReplicated",
-                paths.input_data_config().display()
+                config.display()
             )));
         }
+        sharded = true;
     }
-    Ok(())
+    if sharded && cfg.validation_split > 0.0 {
+        return Err(user(format!(
+            "{}: hyperparameter validation_split={} would hold out a different part of each \
+             host's train shard; with a sharded train channel, give a FullyReplicated \
+             validation channel instead",
+            config.display(),
+            cfg.validation_split
+        )));
+    }
+    Ok(sharded)
+}
+
+/// With a sharded train channel: every host's shard size, and one fingerprint of all shards in
+/// rank order (what checkpoints check), set on `train`.
+fn shard_layout(g: &Group, train: &mut Dataset) -> Result<Layout> {
+    let mine = format!("{} {}", train.len(), train.fingerprint);
+    let all = g.all_gather_bytes(mine.as_bytes())?;
+    let mut sizes = Vec::new();
+    let mut hash = blake3::Hasher::new();
+    for (rank, bytes) in all.iter().enumerate() {
+        let text = String::from_utf8_lossy(bytes);
+        let size = text.split(' ').next().and_then(|n| n.parse().ok());
+        let size = size.ok_or_else(|| {
+            anyhow::anyhow!("{} sent an unreadable shard description", g.topology.describe(rank))
+        })?;
+        sizes.push(size);
+        hash.update(bytes);
+        hash.update(b"\n");
+    }
+    train.fingerprint = format!("shards:blake3:{}", hash.finalize().to_hex());
+    info!(shards = ?sizes, fingerprint = %train.fingerprint, "train channel sharded over the hosts");
+    Ok(Layout::Sharded(sizes))
 }
 
 /// Threads for libtorch: as configured; by default one per core, split between the job's
@@ -295,6 +343,7 @@ fn share_start(
     mine: Option<(TrainState, Vec<EpochMetrics>)>,
     cfg: &TrainConfig,
     train_set: &Dataset,
+    epoch_samples: usize,
     dev: tch::Device,
 ) -> Result<(TrainState, Vec<EpochMetrics>)> {
     let bytes = match &mine {
@@ -310,7 +359,7 @@ fn share_start(
             &format!("the starting state sent by {origin}"),
             cfg,
             &train_set.fingerprint,
-            train_set.len(),
+            epoch_samples,
             train_set.features(),
             dev,
         )

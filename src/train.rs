@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::data::Dataset;
-use crate::distributed::Group;
+use crate::distributed::{self, Layout, Parallel};
 use crate::error::Stopped;
 use crate::model::{self, Mlp};
 use crate::optim::Optimizer;
@@ -202,6 +202,39 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<i64> {
     order
 }
 
+/// Samples one epoch visits: the dataset; or, with shards on several hosts, whole global
+/// batches covering all shards (a shard that runs out starts its order again).
+pub fn epoch_len(n: usize, batch: usize, parallel: Option<&Parallel>) -> usize {
+    match parallel.map(|p| &p.layout) {
+        Some(Layout::Sharded(sizes)) => sizes.iter().sum::<usize>().div_ceil(batch) * batch,
+        _ => n,
+    }
+}
+
+/// A sharded epoch's order as rank `rank` sees it: in every global batch, this rank's rows
+/// ([`distributed::share`]) hold its own shard's samples in its own shuffled order, continued
+/// cyclically; the other ranks' rows are never read here (zeros).
+pub fn sharded_order(
+    seed: u64,
+    epoch: usize,
+    rank: usize,
+    sizes: &[usize],
+    batch: usize,
+) -> Vec<i64> {
+    let n = sizes[rank];
+    let local = epoch_order(model::mix([seed, rank as u64, 0x5d, 0]), epoch, n);
+    let (lo, hi) = distributed::share(batch, rank, sizes.len());
+    let steps = sizes.iter().sum::<usize>().div_ceil(batch);
+    let mut order = vec![0i64; steps * batch];
+    let mut next = local.iter().cycle();
+    for s in 0..steps {
+        for slot in &mut order[s * batch + lo..s * batch + hi] {
+            *slot = *next.next().expect("a shard is never empty");
+        }
+    }
+    order
+}
+
 /// Steps in one epoch of `n` samples.
 pub fn steps_per_epoch(n: i64, batch: usize) -> usize {
     (n as usize).div_ceil(batch)
@@ -228,22 +261,27 @@ pub fn resume(
     train: &DeviceData,
     validation: Option<&DeviceData>,
     mut state: TrainState,
-    group: Option<&Group>,
+    parallel: Option<&Parallel>,
     hooks: &mut impl Hooks,
 ) -> Result<Outcome> {
     let device = train.labels.device();
-    let n = train.len();
+    let n = epoch_len(train.len() as usize, cfg.batch_size, parallel) as i64;
     let batch = cfg.batch_size as i64;
     let steps = steps_per_epoch(n, cfg.batch_size);
-    let mut stepper = step::for_device(cfg, train, &state, group);
+    let mut stepper = step::for_device(cfg, train, &state, parallel.map(|p| p.group));
     while !state.finished(cfg) {
         let epoch = state.epoch;
         let lr = cfg.learning_rate_at(epoch);
         if state.order.is_none() {
-            let order = Tensor::from_slice(&epoch_order(cfg.seed, epoch, n as usize));
-            // Every rank visits the samples in rank 0's order.
-            if let Some(g) = group {
-                g.broadcast(&order, 0)?;
+            let order = match parallel {
+                Some(Parallel { group, layout: Layout::Sharded(sizes) }) => Tensor::from_slice(
+                    &sharded_order(cfg.seed, epoch, group.rank(), sizes, cfg.batch_size),
+                ),
+                _ => Tensor::from_slice(&epoch_order(cfg.seed, epoch, n as usize)),
+            };
+            // With the same data everywhere, every rank visits it in rank 0's order.
+            if let Some(Parallel { group, layout: Layout::Replicated }) = parallel {
+                group.broadcast(&order, 0)?;
             }
             state.order = Some(order.to_device(device));
         }
@@ -407,6 +445,29 @@ pub(crate) mod tests {
         let data = DeviceData::new(&toy(64, 1), Device::Cpu);
         let err = train(&cfg(), &data, None, &AtomicBool::new(true), |_| {}).err().unwrap();
         assert!(err.is::<Stopped>());
+    }
+
+    #[test]
+    fn a_sharded_order_fills_only_this_ranks_rows_with_its_whole_shard() {
+        let (sizes, batch) = ([50, 49, 50], 10);
+        // 149 samples: 15 global batches of 10; each rank fills 4, 3 or 3 rows of each.
+        for rank in 0..3 {
+            let order = sharded_order(7, 2, rank, &sizes, batch);
+            assert_eq!(order.len(), 150);
+            let (lo, hi) = distributed::share(batch, rank, 3);
+            let mine: Vec<i64> =
+                order.chunks(batch).flat_map(|b| b[lo..hi].iter().copied()).collect();
+            let mut seen = mine.clone();
+            seen.sort();
+            seen.dedup();
+            // Rank 0 takes 60 rows from 50 samples: all of them, 10 twice; the others 45 of
+            // their 50 or 49, none twice.
+            let want = if rank == 0 { 50 } else { 45 };
+            assert_eq!(seen.len(), want, "rank {rank}");
+            assert!(mine.iter().all(|&i| (i as usize) < sizes[rank]));
+            assert_eq!(order, sharded_order(7, 2, rank, &sizes, batch));
+            assert_ne!(order, sharded_order(7, 3, rank, &sizes, batch));
+        }
     }
 
     #[test]

@@ -225,16 +225,27 @@ fn hosts_with_other_hyperparameters_refuse_to_train_together() {
 
 /// SIGTERM reaches one host only: both stop at the same step, the first host writes the
 /// checkpoint, and starting both again finishes with the uninterrupted run's exact weights.
-#[test]
-fn a_stop_on_one_host_stops_all_and_they_resume_together() {
+fn stop_on_one_host_then_resume(sharded: bool) {
     // Enough epochs of the small fixture (a few ms each) that the stop lands mid-run.
     let hp = [("epochs", "100"), ("checkpoint_interval", "0"), ("seed", "7")];
-    let uninterrupted = run_ranks(2, &hp);
+    let start = |port: u16, hosts: &[String], r: usize| {
+        let job = rank_job(&hp, port, hosts, r);
+        if sharded {
+            distribution(&job, "ShardedByS3Key", "FullyReplicated");
+            train_shard(&job, [0..600, 600..1000][r].clone());
+        }
+        Rank::start(job)
+    };
+    let names = hosts(2);
+    let port = free_port();
+    let mut uninterrupted: Vec<Rank> = (0..2).map(|r| start(port, &names, r)).collect();
+    for r in &mut uninterrupted {
+        assert_eq!(r.wait(Duration::from_secs(300)), 0, "{}", r.stderr());
+    }
     let want = weights(&uninterrupted[0].job);
 
-    let (port, hosts) = (free_port(), hosts(2));
-    let mut ranks: Vec<Rank> =
-        (0..2).map(|r| Rank::start(rank_job(&hp, port, &hosts, r))).collect();
+    let port = free_port();
+    let mut ranks: Vec<Rank> = (0..2).map(|r| start(port, &names, r)).collect();
     ranks[0].wait_for_log("epoch done", Duration::from_secs(120));
     // SAFETY: signalling a child we own.
     unsafe { libc::kill(ranks[1].child.id() as i32, libc::SIGTERM) };
@@ -270,16 +281,86 @@ fn a_stop_on_one_host_stops_all_and_they_resume_together() {
 }
 
 #[test]
-fn sharded_channels_are_refused_before_waiting_for_peers() {
-    let job = rank_job(&[], free_port(), &hosts(2), 0);
+fn a_stop_on_one_host_stops_all_and_they_resume_together() {
+    stop_on_one_host_then_resume(false);
+}
+
+#[test]
+fn sharded_hosts_resume_together_too() {
+    stop_on_one_host_then_resume(true);
+}
+
+/// The fixture's train set, decompressed: (images file, labels file).
+fn fixture_train() -> (Vec<u8>, Vec<u8>) {
+    let read = |name: &str| {
+        let path = crate::util::fixture("train").join(name);
+        let mut out = Vec::new();
+        let file = std::fs::File::open(path).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut out).unwrap();
+        out
+    };
+    (read("images-idx3-ubyte.gz"), read("labels-idx1-ubyte.gz"))
+}
+
+/// Samples `range` of the fixture's train set as this job's train channel (plain IDX files).
+fn train_shard(job: &Job, range: std::ops::Range<usize>) {
+    let (images, labels) = fixture_train();
+    let n = (range.end - range.start) as u32;
+    let mut img = [0x0803u32, n, 28, 28].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<_>>();
+    img.extend_from_slice(&images[16 + range.start * 784..16 + range.end * 784]);
+    let mut lab = [0x0801u32, n].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<_>>();
+    lab.extend_from_slice(&labels[8 + range.start..8 + range.end]);
+    std::fs::remove_dir_all(job.path("input/data/train")).unwrap();
+    job.write("input/data/train/shard-images", img).write("input/data/train/shard-labels", lab);
+}
+
+fn distribution(job: &Job, train: &str, test: &str) {
     let config = serde_json::json!({
-        "train": {"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"},
-        "test": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"},
+        "train": {"TrainingInputMode": "File", "S3DistributionType": train},
+        "test": {"TrainingInputMode": "File", "S3DistributionType": test},
     });
     job.write("input/config/inputdataconfig.json", serde_json::to_vec(&config).unwrap());
+}
+
+/// ShardedByS3Key: each host holds its own part of the train set; together they learn from
+/// all of it, end with the same weights, and resume only on the same shards.
+#[test]
+fn sharded_train_channels_train_together_on_their_own_parts() {
+    let hp = [("epochs", "3"), ("seed", "3")];
+    let (port, hosts) = (free_port(), hosts(2));
+    let mut ranks: Vec<Rank> = (0..2)
+        .map(|r| {
+            let job = rank_job(&hp, port, &hosts, r);
+            distribution(&job, "ShardedByS3Key", "FullyReplicated");
+            train_shard(&job, [0..500, 500..1000][r].clone());
+            Rank::start(job)
+        })
+        .collect();
+    for r in &mut ranks {
+        assert_eq!(r.wait(Duration::from_secs(120)), 0, "{}", r.stderr());
+    }
+    assert_eq!(ranks[0].weights_digest(), ranks[1].weights_digest());
+    assert!(ranks[0].stderr().contains("shards=[500, 500]"), "{}", ranks[0].stderr());
+    assert!(ranks[1].job.model_files().is_empty());
+    // One process on all 1000 samples, same settings: a different order, the same skill.
+    let single = Job::small(&[hp.as_slice(), &[("threads", "1")]].concat());
+    single.run().ok();
+    let (a, b) = (test_accuracy(&ranks[0].job), test_accuracy(&single));
+    assert!((a - b).abs() <= 0.05, "sharded: test accuracy {a}, one process on all data {b}");
+    let card = ranks[0].job.json("model/model.json");
+    assert!(card["data"]["train"]["fingerprint"].as_str().unwrap().starts_with("shards:"));
+}
+
+#[test]
+fn only_the_train_channel_may_be_sharded() {
+    let job = rank_job(&[], free_port(), &hosts(2), 0);
+    distribution(&job, "FullyReplicated", "ShardedByS3Key");
     let run = job.run();
     assert_eq!(run.code(), Some(1), "{}", run.stderr());
     let failure = job.failure().unwrap();
-    assert!(failure.contains("\"train\" uses S3DistributionType ShardedByS3Key"), "{failure}");
-    assert!(failure.contains("use FullyReplicated"), "{failure}");
+    assert!(
+        failure.contains("channel \"test\" uses S3DistributionType ShardedByS3Key"),
+        "{failure}"
+    );
+    assert!(failure.contains("only \"train\" may be sharded"), "{failure}");
 }
