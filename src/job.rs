@@ -383,7 +383,7 @@ fn share_start(
 /// divergence would ship one host's model as everyone's.
 fn check_weights_agree(g: &Group, params: &tch::Tensor) -> Result<()> {
     let mut bytes = vec![0u8; params.numel() * 4];
-    params.copy_data_u8(&mut bytes, params.numel());
+    params.to_device(tch::Device::Cpu).copy_data_u8(&mut bytes, params.numel());
     let mine = blake3::hash(&bytes);
     let first = g.broadcast_bytes(mine.as_bytes())?;
     let disagree = g.all_ok(first == mine.as_bytes())?;

@@ -135,7 +135,14 @@ impl<'a> Exchange<'a> {
         let tail = self.buf.narrow(0, n, TAIL);
         write_tail(&tail);
         let _ = tail.get(2).fill_(if self.wants_stop { 1.0 } else { 0.0 });
-        self.group.all_reduce_sum(&self.buf)?;
+        if self.buf.device() == Device::Cpu {
+            self.group.all_reduce_sum(&self.buf)?;
+        } else {
+            // Gloo is the CPU backend: a GPU buffer goes through host memory (NCCL would not).
+            let host = self.buf.to_device(Device::Cpu);
+            self.group.all_reduce_sum(&host)?;
+            self.buf.copy_(&host);
+        }
         let summed = tail.to_device(Device::Cpu);
         self.agreed_stop = summed.double_value(&[2]) > 0.0;
         Ok((tail.get(0), tail.get(1).to_kind(Kind::Int64)))
@@ -213,8 +220,8 @@ impl Step for TensorStep<'_> {
         };
         let (l, c) = match &mut self.exchange {
             Some(x) => x.all_reduce(|tail| {
-                let _ = tail.get(0).copy_(&l);
-                let _ = tail.get(1).copy_(&c);
+                tail.get(0).copy_(&l);
+                tail.get(1).copy_(&c);
             })?,
             None => (l, c),
         };
