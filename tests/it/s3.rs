@@ -583,7 +583,7 @@ fn denied_listing_fails_before_training_with_the_code_and_a_hint() {
         &r,
         &[
             "listing s3://datasets/fashion/train/: S3 error AccessDenied (HTTP 403)",
-            "s3:ListBucket on the bucket",
+            "need s3:ListBucket on arn:aws:s3:::datasets (the bucket's ARN, no /*)",
         ],
     );
 }
@@ -600,11 +600,15 @@ fn denied_download_fails_before_training_naming_the_object() {
     let r = run(command(&job, Some(&s))
         .envs(user.env())
         .args(["--channel", "train=s3://datasets/fashion/train/"]));
-    let failure = client_error(&job, &r, &["AccessDenied (HTTP 403)", "s3:GetObject"]);
+    let failure = client_error(&job, &r, &["AccessDenied (HTTP 403)"]);
+    // The object named, and the permission it needs on that object's ARN.
     assert!(
-        ["images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"].iter().any(|f| failure.contains(
-            &format!("downloading s3://datasets/fashion/train/{f}: S3 error AccessDenied")
-        )),
+        ["images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"].iter().any(|f| {
+            failure.contains(&format!("downloading s3://datasets/fashion/train/{f}: S3 error"))
+                && failure.contains(&format!(
+                    "need s3:GetObject on arn:aws:s3:::datasets/fashion/train/{f} "
+                ))
+        }),
         "{failure}"
     );
     assert!(!r.stdout().contains("metrics:"), "training started:\n{}", r.stdout());
@@ -640,7 +644,7 @@ fn denied_upload_fails_the_job_naming_the_object() {
         &[
             "uploading s3://artifacts/runs/denied-upload/output/model.tar.gz: S3 error \
              AccessDenied (HTTP 403)",
-            "s3:PutObject",
+            "need s3:PutObject on arn:aws:s3:::artifacts/runs/denied-upload/output/model.tar.gz",
         ],
     );
     assert!(r.stdout().contains("metrics: test_loss="), "{}", r.stdout());
