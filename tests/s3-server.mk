@@ -1,5 +1,6 @@
-# The S3-compatible server the S3 tests start on 127.0.0.1 (s3s-fs from crates.io: plain files
-# under ROOT/bucket/key, SigV4 enforced with --access-key/--secret-key), and the S3 benchmark.
+# The S3-compatible servers the S3 tests start on 127.0.0.1 (s3s-fs from crates.io: plain files
+# under ROOT/bucket/key, SigV4 enforced with --access-key/--secret-key; and moto from PyPI, for
+# requests that IAM policies deny), and the S3 benchmark.
 # Included by the Makefile before its rules; everything is cached outside the clone.
 
 S3S_FS_VERSION := 0.14.1
@@ -12,11 +13,19 @@ export SMTRAIN_S3S_FS := $(S3S_FS)
 AWSCLI_VENV := $(CACHE_DIR)/awscli-venv
 AWSCLI := $(AWSCLI_VENV)/bin/aws
 
-TEST_RUST_PREREQS += $(S3S_FS)
+# moto's standalone server (PyPI's moto[server]), in its own venv: the tests' only server that
+# denies a correctly signed request (AccessDenied from the IAM policy of the caller's key).
+# Its dependencies are pinned in tests/moto-constraints.txt.
+MOTO_VERSION := 5.2.5
+MOTO_VENV := $(CACHE_DIR)/moto-$(MOTO_VERSION)
+MOTO_STAMP := $(MOTO_VENV)/.complete
+export SMTRAIN_MOTO_SERVER := $(MOTO_VENV)/bin/moto_server
+
+TEST_RUST_PREREQS += $(S3S_FS) $(MOTO_STAMP)
 
 .PHONY: s3-server bench-s3
 
-s3-server: $(S3S_FS)
+s3-server: $(S3S_FS) $(MOTO_STAMP)
 
 # 0.14.1 is the newest s3s-fs that builds on our rustc (0.17 needs a newer one). Built in its own
 # target folder (not the project's) and installed into a temporary root that is renamed last, so
@@ -27,6 +36,15 @@ $(S3S_FS):
 	  --root "$(S3S_FS_ROOT).tmp" --target-dir "$(S3S_FS_ROOT).build"
 	rm -rf "$(S3S_FS_ROOT).build" "$(S3S_FS_ROOT)"
 	mv "$(S3S_FS_ROOT).tmp" "$(S3S_FS_ROOT)"
+
+# A venv cannot be renamed into place (its scripts name their interpreter by absolute path), so
+# the stamp is written last instead: an interrupted install is redone from scratch.
+$(MOTO_STAMP):
+	rm -rf "$(MOTO_VENV)"
+	$(PYTHON) -m venv "$(MOTO_VENV)"
+	"$(MOTO_VENV)/bin/pip" install --quiet --disable-pip-version-check \
+	  -c tests/moto-constraints.txt 'moto[server]==$(MOTO_VERSION)'
+	touch "$@"
 
 $(AWSCLI):
 	rm -rf "$(AWSCLI_VENV)"

@@ -1,6 +1,7 @@
 //! The S3 client from aws-config's standard chains, transfer settings from the environment, and
 //! S3 errors turned into one-line messages with the S3 error code and a hint at the cause.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 
 use anyhow::Result;
@@ -11,7 +12,7 @@ use aws_smithy_http_client::tls;
 use aws_types::service_config::ServiceConfigKey;
 use tracing::info;
 
-use super::location::{human_bytes, parse_size};
+use super::location::{human_bytes, parse_size, S3Uri};
 use crate::error::user;
 
 /// How transfers are split and how many run at once; `SMTRAIN_S3_*` variables override.
@@ -180,13 +181,20 @@ pub enum Action {
     Put,
 }
 
-/// Renders a failed request as one line: what was attempted, the S3 error code and message,
-/// the HTTP status, and a hint. Client-side faults (4xx: wrong bucket, key, secret,
-/// permissions) become user errors; server faults, timeouts and broken connections do not.
-pub fn describe<E>(action: Action, target: &str, err: &SdkError<E, HttpResponse>) -> anyhow::Error
+/// Renders a failed request about `uri` as one line: what was attempted (`detail`, such as
+/// `" (part 2 of 5)"`, follows the URI), the S3 error code and message, the HTTP status, and a
+/// hint. Client-side faults (4xx: wrong bucket, key, secret, permissions) become user errors;
+/// server faults, timeouts and broken connections do not.
+pub fn describe<E>(
+    action: Action,
+    uri: &S3Uri,
+    detail: &str,
+    err: &SdkError<E, HttpResponse>,
+) -> anyhow::Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
 {
+    let target = format!("{uri}{detail}");
     let verb = match action {
         Action::List => "listing",
         Action::Get => "downloading",
@@ -205,7 +213,7 @@ where
             let text = format!(
                 "{verb} {target}: S3 error {code} (HTTP {status}){}; {}",
                 message.unwrap_or_default(),
-                hint(action, &code)
+                hint(action, &code, uri)
             );
             if (400..500).contains(&status) && status != 408 && status != 429 {
                 user(text)
@@ -246,49 +254,71 @@ pub fn chain(err: &(dyn StdError + 'static)) -> String {
     out
 }
 
-/// The likely cause behind an S3 error code.
-pub fn hint(action: Action, code: &str) -> &'static str {
-    match (code, action) {
+/// The likely cause behind an S3 error code, for a request about `uri`.
+pub fn hint(action: Action, code: &str, uri: &S3Uri) -> Cow<'static, str> {
+    if matches!(code, "AccessDenied" | "Forbidden" | "AllAccessDisabled") {
+        return denied(action, uri).into();
+    }
+    let text = match code {
         // NotSignedUp: what some S3-compatible servers answer for an unknown key.
-        ("InvalidAccessKeyId" | "NotSignedUp", _) => {
+        "InvalidAccessKeyId" | "NotSignedUp" => {
             "the access key is unknown to this endpoint: check AWS_ACCESS_KEY_ID (or AWS_PROFILE) \
              and AWS_ENDPOINT_URL"
         }
-        ("SignatureDoesNotMatch", _) => {
+        "SignatureDoesNotMatch" => {
             "the request signature was rejected: check AWS_SECRET_ACCESS_KEY (it must belong to \
              AWS_ACCESS_KEY_ID)"
         }
-        ("ExpiredToken" | "InvalidToken" | "TokenRefreshRequired", _) => {
+        "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" => {
             "the session token is expired or invalid: refresh the credentials (AWS_SESSION_TOKEN)"
         }
-        ("AccessDenied" | "Forbidden" | "AllAccessDisabled", Action::List | Action::Get) => {
-            "access denied: check that the role or user has s3:ListBucket on the bucket and \
-             s3:GetObject on that prefix (and kms:Decrypt for SSE-KMS objects)"
-        }
-        ("AccessDenied" | "Forbidden" | "AllAccessDisabled", Action::Put) => {
-            "access denied: check that the role or user has s3:PutObject and \
-             s3:AbortMultipartUpload on that prefix (and kms:GenerateDataKey for SSE-KMS)"
-        }
-        ("NoSuchBucket", _) => {
+        "NoSuchBucket" => {
             "the bucket does not exist: check its name, and AWS_REGION and the endpoint"
         }
-        ("NoSuchKey" | "NotFound", _) => {
+        "NoSuchKey" | "NotFound" => {
             "no such object: check the bucket and key (an object may have been deleted while \
              the job ran)"
         }
-        (
-            "PermanentRedirect"
-            | "AuthorizationHeaderMalformed"
-            | "IllegalLocationConstraintException",
-            _,
-        ) => "the bucket is in another region: set AWS_REGION to the bucket's region",
-        ("RequestTimeTooSkewed", _) => "this machine's clock is off: fix its time",
-        ("InvalidBucketName", _) => "the bucket name is not valid",
-        ("SlowDown" | "ServiceUnavailable" | "InternalError", _) => {
+        "PermanentRedirect"
+        | "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException" => {
+            "the bucket is in another region: set AWS_REGION to the bucket's region"
+        }
+        "RequestTimeTooSkewed" => "this machine's clock is off: fix its time",
+        "InvalidBucketName" => "the bucket name is not valid",
+        "SlowDown" | "ServiceUnavailable" | "InternalError" => {
             "the server is overloaded or failing and the SDK's retries ran out: try again later"
         }
         _ => "see the S3 error code",
-    }
+    };
+    text.into()
+}
+
+/// What a denied request needed: the permission, and the resource ARN that an IAM policy
+/// grants it on (the bucket's for a listing, the object's otherwise; the commonest slips are
+/// s3:ListBucket granted on `bucket/*` and s3:GetObject on `bucket`).
+fn denied(action: Action, uri: &S3Uri) -> String {
+    let bucket = &uri.bucket;
+    let object = format!("arn:aws:s3:::{bucket}/{}", uri.key);
+    let (permission, on, also) = match action {
+        Action::List => {
+            ("s3:ListBucket", format!("arn:aws:s3:::{bucket} (the bucket's ARN, no /*)"), "")
+        }
+        Action::Get => (
+            "s3:GetObject",
+            format!("{object} (a PREFIX/* ARN covers it)"),
+            "; SSE-KMS objects also need kms:Decrypt",
+        ),
+        Action::Put => (
+            "s3:PutObject",
+            format!("{object} (a PREFIX/* ARN covers it; large files also need s3:AbortMultipartUpload)"),
+            "; SSE-KMS buckets also need kms:GenerateDataKey",
+        ),
+    };
+    format!(
+        "access denied: these credentials need {permission} on {on}, from their IAM policy and \
+         not denied by a bucket policy{also}"
+    )
 }
 
 #[cfg(test)]
@@ -307,19 +337,31 @@ mod tests {
 
     #[test]
     fn service_errors_name_code_status_and_hint() {
-        let e = describe(Action::List, "s3://b/p/", &service_error("AccessDenied", 403));
+        let uri = |s: &str| s.parse::<S3Uri>().unwrap();
+        let e = describe(Action::List, &uri("s3://b/p/"), "", &service_error("AccessDenied", 403));
         let text = e.to_string();
         assert!(crate::error::is_user_error(&e));
         assert!(
             text.contains("listing s3://b/p/: S3 error AccessDenied (HTTP 403): the message"),
             "{text}"
         );
-        assert!(text.contains("s3:GetObject"), "{text}");
-        let e = describe(Action::Put, "s3://b/k", &service_error("AccessDenied", 403));
-        assert!(e.to_string().contains("s3:PutObject"), "{e}");
-        let e = describe(Action::Get, "s3://b/k", &service_error("SignatureDoesNotMatch", 403));
+        assert!(text.contains("need s3:ListBucket on arn:aws:s3:::b (the bucket's"), "{text}");
+        let e = describe(Action::Get, &uri("s3://b/p/x"), "", &service_error("AccessDenied", 403));
+        assert!(e.to_string().contains("need s3:GetObject on arn:aws:s3:::b/p/x"), "{e}");
+        let put = uri("s3://b/k/model.tar.gz");
+        let e = describe(Action::Put, &put, " (part 2 of 3)", &service_error("AccessDenied", 403));
+        let text = e.to_string();
+        assert!(text.starts_with("uploading s3://b/k/model.tar.gz (part 2 of 3): S3 error"), "{e}");
+        assert!(text.contains("need s3:PutObject on arn:aws:s3:::b/k/model.tar.gz"), "{e}");
+        assert!(text.contains("s3:AbortMultipartUpload"), "{e}");
+        let e = describe(
+            Action::Get,
+            &uri("s3://b/k"),
+            "",
+            &service_error("SignatureDoesNotMatch", 403),
+        );
         assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
-        let e = describe(Action::Get, "s3://b/k", &service_error("InternalError", 500));
+        let e = describe(Action::Get, &uri("s3://b/k"), "", &service_error("InternalError", 500));
         assert!(!crate::error::is_user_error(&e), "a server fault is not the user's: {e}");
         assert!(!e.to_string().contains("service error"), "{e}");
     }

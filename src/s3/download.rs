@@ -85,7 +85,7 @@ async fn list(s3: &S3, c: &ChannelDownload) -> Result<Plan> {
     let (mut objects, mut unsafe_keys, mut outside, mut markers) =
         (Vec::new(), Vec::new(), Vec::new(), 0usize);
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| describe(Action::List, &target, &e))?;
+        let page = page.map_err(|e| describe(Action::List, &c.uri, "", &e))?;
         for o in page.contents() {
             let Some(key) = o.key() else { continue };
             match place_key(&c.uri.key, key) {
@@ -320,7 +320,8 @@ async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> R
 const BODY_RETRIES: u32 = 2;
 
 async fn fetch_piece(s3: &S3, bucket: &str, p: &Piece, progress: &Progress) -> Result<()> {
-    let target = format!("s3://{bucket}/{}", p.key);
+    let uri = S3Uri { bucket: bucket.to_string(), key: p.key.to_string() };
+    let target = uri.to_string();
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -339,7 +340,7 @@ async fn fetch_piece(s3: &S3, bucket: &str, p: &Piece, progress: &Progress) -> R
         if let Some(etag) = &p.etag {
             req = req.if_match(&**etag);
         }
-        let resp = req.send().await.map_err(|e| describe(Action::Get, &target, &e))?;
+        let resp = req.send().await.map_err(|e| describe(Action::Get, &uri, "", &e))?;
         let mut body = resp.body;
         loop {
             match body.try_next().await {

@@ -114,7 +114,7 @@ impl Output {
                           uploads may still be allowed, continuing");
                 }
                 Err(e) => {
-                    return Err(describe(Action::List, &dir.to_string(), &e)
+                    return Err(describe(Action::List, &dir, "", &e)
                         .context("checking --output before training"));
                 }
             }
@@ -167,7 +167,7 @@ impl Output {
                 .body(text.as_bytes().to_vec().into())
                 .send()
                 .await
-                .map_err(|e| describe(Action::Put, &dest.to_string(), &e))?;
+                .map_err(|e| describe(Action::Put, &dest, "", &e))?;
             Ok::<_, anyhow::Error>(())
         })
         .and_then(|r| r);

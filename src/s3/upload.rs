@@ -57,7 +57,6 @@ fn append_tree<W: std::io::Write>(tar: &mut tar::Builder<W>, dir: &Path, rel: &P
 /// Uploads the file at `path` to `dest`, streaming it from disk. Returns its size.
 pub async fn upload_file(s3: &S3, path: &Path, dest: &S3Uri) -> Result<u64> {
     let len = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
-    let target = dest.to_string();
     if len < s3.opts.multipart_threshold {
         let body = ByteStream::from_path(path)
             .await
@@ -70,7 +69,7 @@ pub async fn upload_file(s3: &S3, path: &Path, dest: &S3Uri) -> Result<u64> {
             .body(body)
             .send()
             .await
-            .map_err(|e| describe(Action::Put, &target, &e))?;
+            .map_err(|e| describe(Action::Put, dest, "", &e))?;
     } else {
         upload_multipart(s3, path, dest, len).await?;
     }
@@ -87,7 +86,7 @@ async fn upload_multipart(s3: &S3, path: &Path, dest: &S3Uri, len: u64) -> Resul
         .checksum_algorithm(ChecksumAlgorithm::Crc32)
         .send()
         .await
-        .map_err(|e| describe(Action::Put, &target, &e))?;
+        .map_err(|e| describe(Action::Put, dest, "", &e))?;
     let upload_id = created
         .upload_id()
         .ok_or_else(|| anyhow!("uploading {target}: the server returned no upload id"))?
@@ -107,7 +106,7 @@ async fn upload_multipart(s3: &S3, path: &Path, dest: &S3Uri, len: u64) -> Resul
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await
-            .map_err(|e| describe(Action::Put, &format!("{target} (completing)"), &e))?;
+            .map_err(|e| describe(Action::Put, dest, " (completing)", &e))?;
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -126,7 +125,7 @@ async fn upload_multipart(s3: &S3, path: &Path, dest: &S3Uri, len: u64) -> Resul
                 e.context("the multipart upload was aborted")
             }
             Err(a) => {
-                let a = describe(Action::Put, &format!("{target} (aborting {upload_id})"), &a);
+                let a = describe(Action::Put, dest, &format!(" (aborting {upload_id})"), &a);
                 warn!("{a:#}");
                 e.context(format!(
                     "aborting multipart upload {upload_id} failed too, so its parts may stay \
@@ -157,7 +156,7 @@ async fn upload_parts(
             let number = (i + 1) as i32;
             let offset = i * part_size;
             let size = part_size.min(len - offset);
-            let target = format!("{dest} (part {number} of {count})");
+            let part = format!(" (part {number} of {count})");
             let body = ByteStream::read_from()
                 .path(&path)
                 .offset(offset)
@@ -177,7 +176,7 @@ async fn upload_parts(
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| describe(Action::Put, &target, &e))?;
+                .map_err(|e| describe(Action::Put, &dest, &part, &e))?;
             Ok::<_, anyhow::Error>(
                 CompletedPart::builder()
                     .part_number(number)

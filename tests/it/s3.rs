@@ -1,6 +1,7 @@
 //! Channels from S3 and artifacts back to S3, against a real S3-compatible server (s3s-fs on
-//! 127.0.0.1, SigV4 enforced; see `s3/server.rs`). No part of the S3 API is mocked. Each test
-//! starts its own server in a temporary folder.
+//! 127.0.0.1, SigV4 enforced; see `s3/server.rs`), and against moto's server with IAM policies
+//! enforced for requests that must be denied. No part of the S3 API is mocked. Each test
+//! starts its own server.
 
 mod server;
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
+use serde_json::json;
 use smtrain::artifacts::load_model_dir;
 use smtrain::data::load_pair;
 use smtrain::s3::download::{download_channels, ChannelDownload};
@@ -18,7 +20,7 @@ use smtrain::train::{evaluate, DeviceData};
 use tch::Device;
 
 use crate::util::{fixture, Job, Run};
-use server::{BreakingProxy, Fault, Server};
+use server::{BreakingProxy, Fault, Keys, Server};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -57,6 +59,15 @@ fn run(cmd: &mut Command) -> Run {
 
 /// A bad-input run: exit 1, `ClientError` naming every needle, nothing trained or downloaded.
 fn fails_before_training(job: &Job, run: &Run, needles: &[&str]) -> String {
+    let failure = client_error(job, run, needles);
+    assert!(!run.stdout().contains("metrics:"), "training started:\n{}", run.stdout());
+    assert!(job.model_files().is_empty());
+    assert!(!job.path("input/data").exists(), "something was downloaded");
+    failure
+}
+
+/// Exit 1 and a one-line `ClientError` naming every needle in the failure file.
+fn client_error(job: &Job, run: &Run, needles: &[&str]) -> String {
     let failure =
         job.failure().unwrap_or_else(|| panic!("no failure file; stderr:\n{}", run.stderr()));
     assert_eq!(run.code(), Some(1), "{failure}");
@@ -65,9 +76,6 @@ fn fails_before_training(job: &Job, run: &Run, needles: &[&str]) -> String {
     for n in needles {
         assert!(failure.contains(n), "failure lacks {n:?}: {failure}");
     }
-    assert!(!run.stdout().contains("metrics:"), "training started:\n{}", run.stdout());
-    assert!(job.model_files().is_empty());
-    assert!(!job.path("input/data").exists(), "something was downloaded");
     failure
 }
 
@@ -537,6 +545,138 @@ fn unknown_access_key_fails_with_the_s3_code_and_a_hint() {
         &job,
         &r,
         &["S3 error NotSignedUp (HTTP 403)", "check AWS_ACCESS_KEY_ID"],
+    );
+}
+
+/// moto with the fixture's channels under `s3://datasets/fashion/`, an empty `artifacts`
+/// bucket and an IAM user allowed only `statements`, IAM checks on; the server and the user's
+/// keys. `None` (skip) when moto is not installed outside CI.
+fn moto_with_user(statements: serde_json::Value) -> Option<(Server, Keys)> {
+    let mut s = Server::start_moto()?;
+    s.create_bucket("datasets");
+    put_fixture(&s, "datasets", "fashion/");
+    s.create_bucket("artifacts");
+    let user = s.iam_user("trainer", &json!({"Version": "2012-10-17", "Statement": statements}));
+    s.enforce_iam();
+    Some((s, user))
+}
+
+fn allow(action: &str, resource: &str) -> serde_json::Value {
+    json!({"Effect": "Allow", "Action": action, "Resource": resource})
+}
+
+/// The usual slip: a role that may read the objects but not list the bucket. The job fails
+/// before anything is downloaded, with S3's code and the permission it lacks.
+#[test]
+fn denied_listing_fails_before_training_with_the_code_and_a_hint() {
+    let Some((s, user)) =
+        moto_with_user(json!([allow("s3:GetObject", "arn:aws:s3:::datasets/fashion/*")]))
+    else {
+        return;
+    };
+    let job = Job::new();
+    let r = run(command(&job, Some(&s))
+        .envs(user.env())
+        .args(["--channel", "train=s3://datasets/fashion/train/"]));
+    fails_before_training(
+        &job,
+        &r,
+        &[
+            "listing s3://datasets/fashion/train/: S3 error AccessDenied (HTTP 403)",
+            "need s3:ListBucket on arn:aws:s3:::datasets (the bucket's ARN, no /*)",
+        ],
+    );
+}
+
+/// Listing allowed, reading not: the job fails before training, naming the object it could
+/// not download, and leaves no channel folder and no staging folder behind.
+#[test]
+fn denied_download_fails_before_training_naming_the_object() {
+    let Some((s, user)) = moto_with_user(json!([allow("s3:ListBucket", "arn:aws:s3:::datasets")]))
+    else {
+        return;
+    };
+    let job = Job::new();
+    let r = run(command(&job, Some(&s))
+        .envs(user.env())
+        .args(["--channel", "train=s3://datasets/fashion/train/"]));
+    let failure = client_error(&job, &r, &["AccessDenied (HTTP 403)"]);
+    // The object named, and the permission it needs on that object's ARN.
+    assert!(
+        ["images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"].iter().any(|f| {
+            failure.contains(&format!("downloading s3://datasets/fashion/train/{f}: S3 error"))
+                && failure.contains(&format!(
+                    "need s3:GetObject on arn:aws:s3:::datasets/fashion/train/{f} "
+                ))
+        }),
+        "{failure}"
+    );
+    assert!(!r.stdout().contains("metrics:"), "training started:\n{}", r.stdout());
+    assert!(job.model_files().is_empty());
+    let left: Vec<_> = std::fs::read_dir(job.path("input/data"))
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in input/data: {left:?}");
+}
+
+/// A role that may read its data and list the output bucket but not write there: the job
+/// trains (S3 only says no at the upload), then fails naming the object; the local model
+/// stays, and nothing lands in the bucket, not even the failure reason.
+#[test]
+fn denied_upload_fails_the_job_naming_the_object() {
+    let Some((s, user)) = moto_with_user(json!([
+        allow("s3:ListBucket", "arn:aws:s3:::*"),
+        allow("s3:GetObject", "arn:aws:s3:::datasets/*"),
+    ])) else {
+        return;
+    };
+    let job = Job::new();
+    job.hyperparameters(&[("epochs", "1")]);
+    let r = run(command(&job, Some(&s))
+        .envs(user.env())
+        .args(["--channel", "train=s3://datasets/fashion/train/"])
+        .args(["--channel", "test=s3://datasets/fashion/test/"])
+        .args(["--output", "s3://artifacts/runs/"])
+        .env("TRAINING_JOB_NAME", "denied-upload"));
+    client_error(
+        &job,
+        &r,
+        &[
+            "uploading s3://artifacts/runs/denied-upload/output/model.tar.gz: S3 error \
+             AccessDenied (HTTP 403)",
+            "need s3:PutObject on arn:aws:s3:::artifacts/runs/denied-upload/output/model.tar.gz",
+        ],
+    );
+    assert!(r.stdout().contains("metrics: test_loss="), "{}", r.stdout());
+    assert!(!job.succeeded());
+    assert_eq!(job.model_files(), ["metrics.json", "model.json", "model.safetensors"]);
+    assert!(r.stderr().contains("could not upload the failure reason"), "{}", r.stderr());
+    assert!(s.keys("artifacts", "").is_empty(), "{:?}", s.keys("artifacts", ""));
+}
+
+/// A least-privilege role that may write the output prefix but not list it: the check before
+/// training only warns, and the artifacts are uploaded.
+#[test]
+fn output_prefix_that_cannot_be_listed_only_warns() {
+    let Some((s, user)) = moto_with_user(json!([
+        allow("s3:ListBucket", "arn:aws:s3:::datasets"),
+        allow("s3:GetObject", "arn:aws:s3:::datasets/*"),
+        allow("s3:PutObject", "arn:aws:s3:::artifacts/runs/*"),
+    ])) else {
+        return;
+    };
+    let job = Job::new();
+    job.hyperparameters(&[("epochs", "1")]);
+    let r = run(command(&job, Some(&s))
+        .envs(user.env())
+        .args(["--channel", "train=s3://datasets/fashion/train/"])
+        .args(["--output", "s3://artifacts/runs/"])
+        .env("TRAINING_JOB_NAME", "write-only"))
+    .ok();
+    assert!(r.stderr().contains("cannot list the output prefix (AccessDenied)"), "{}", r.stderr());
+    assert_eq!(
+        s.keys("artifacts", ""),
+        ["runs/write-only/output/model.tar.gz", "runs/write-only/output/output.tar.gz"]
     );
 }
 

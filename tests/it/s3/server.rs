@@ -3,6 +3,10 @@
 //! enforced; a synchronous S3 client to fill and read it; and a TCP proxy that breaks uploads
 //! partway, for faults the server itself cannot be made to produce.
 //!
+//! For denied requests, which s3s-fs never answers to a correctly signed request, the same
+//! `Server` runs moto's standalone server instead (`Server::start_moto`; installed by `make`,
+//! path in `SMTRAIN_MOTO_SERVER`), with IAM users and policies that moto enforces.
+//!
 //! Shared with the S3 benchmark (`benches/s3.rs`), so it depends on nothing test-specific.
 
 #![allow(dead_code)]
@@ -22,6 +26,24 @@ pub const ACCESS_KEY: &str = "SMTRAINTESTKEY";
 pub const SECRET_KEY: &str = "smtrain-test-secret";
 pub const REGION: &str = "us-east-1";
 pub const SERVER_ENV: &str = "SMTRAIN_S3S_FS";
+pub const MOTO_ENV: &str = "SMTRAIN_MOTO_SERVER";
+
+/// An access key and its secret.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Keys {
+    /// The environment that makes `train` sign its requests with these keys.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+}
 
 pub struct Server {
     child: Option<Child>,
@@ -29,25 +51,52 @@ pub struct Server {
     root: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
     pub s3: S3,
+    /// The keys `s3` and [`Server::env`] sign with: s3s-fs's only pair, or moto's
+    /// administrator once its IAM checks are on.
+    keys: Keys,
 }
 
-/// The server binary, or `None` (with a note) to skip; under CI a missing binary is a failure.
+/// The s3s-fs binary, or `None` (with a note) to skip; under CI a missing binary is a failure.
 pub fn server_binary() -> Option<PathBuf> {
-    let path = std::env::var_os(SERVER_ENV).map(PathBuf::from);
+    binary(SERVER_ENV, "s3s-fs")
+}
+
+/// The program named by the environment variable `env`, or `None` (with a note) to skip;
+/// under CI a missing program is a failure.
+pub fn binary(env: &str, what: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from);
     match path {
         Some(p) if p.is_file() => Some(p),
         other => {
             let why = match other {
-                Some(p) => format!("{SERVER_ENV}={} does not exist", p.display()),
-                None => format!("{SERVER_ENV} is not set"),
+                Some(p) => format!("{env}={} does not exist", p.display()),
+                None => format!("{env} is not set"),
             };
             if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-                panic!("{why}: the S3 tests need s3s-fs (run them with `make test`)");
+                panic!("{why}: the S3 tests need {what} (run them with `make test`)");
             }
-            eprintln!("skipping: {why} (run `make test` to install s3s-fs)");
+            eprintln!("skipping: {why} (run `make test` to install {what})");
             None
         }
     }
+}
+
+/// A port the kernel just handed out and released, for a server to bind itself.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something listens on `port`, failing after `secs` seconds.
+fn wait_for_listener(what: &str, port: u16, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 impl Server {
@@ -55,19 +104,14 @@ impl Server {
     pub fn start() -> Option<Self> {
         let bin = server_binary()?;
         let root = tempfile::Builder::new().prefix("smtrain-s3-").tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut server = Self { child: None, port: 0, root, rt, s3: dummy_s3() };
+        let keys = Keys { access_key: ACCESS_KEY.into(), secret_key: SECRET_KEY.into() };
+        let mut server = Self { child: None, port: 0, root, rt: runtime(), s3: dummy_s3(), keys };
         server.spawn(&bin);
         Some(server)
     }
 
     fn spawn(&mut self, bin: &Path) {
-        // A port the kernel just handed out and released; s3s-fs binds it itself.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
@@ -79,11 +123,7 @@ impl Server {
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         self.child = Some(child);
         self.port = port;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on port {port}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_listener("s3s-fs", port, 10);
         self.s3 = self.client(TransferOptions::default());
     }
 
@@ -103,7 +143,7 @@ impl Server {
 
     /// A client that talks to `endpoint` (e.g. a proxy in front of this server).
     pub fn client_at(&self, endpoint: &str, opts: TransferOptions) -> S3 {
-        S3::for_endpoint(endpoint, REGION, ACCESS_KEY, SECRET_KEY, opts)
+        S3::for_endpoint(endpoint, REGION, &self.keys.access_key, &self.keys.secret_key, opts)
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -120,12 +160,10 @@ impl Server {
 
     /// The environment that points `train` at this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-            ("AWS_REGION", REGION.into()),
-            ("AWS_ENDPOINT_URL", self.endpoint()),
-        ]
+        let mut env = self.keys.env();
+        env.push(("AWS_REGION", REGION.into()));
+        env.push(("AWS_ENDPOINT_URL", self.endpoint()));
+        env
     }
 
     pub fn create_bucket(&self, bucket: &str) {
@@ -219,6 +257,140 @@ impl Server {
             keys
         })
     }
+}
+
+/// moto's server: the one server here that denies correctly signed requests.
+///
+/// It starts with its IAM checks off, so a test creates buckets, objects (with the usual
+/// helpers) and IAM users, each with a policy and an access key ([`Server::iam_user`]), without
+/// signing anything, and then calls [`Server::enforce_iam`]. From then on moto checks every
+/// request: the signature against the secret of the IAM user that owns the access key, and that
+/// user's policies against the action (`s3:ListBucket`, `s3:GetObject`, `s3:PutObject`…) on the
+/// resource's ARN, as AWS evaluates an IAM user's policies: `AccessDenied` unless a statement
+/// allows it and none denies it. The helpers then sign as an administrator, a user allowed
+/// everything.
+impl Server {
+    /// Starts moto, or returns `None` when it is not installed outside CI.
+    pub fn start_moto() -> Option<Self> {
+        let bin = binary(MOTO_ENV, "moto")?;
+        // moto keeps everything in memory; the folder is only its working directory.
+        let root = tempfile::Builder::new().prefix("smtrain-moto-").tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .current_dir(root.path())
+            // IAM checks off until enforce_iam switches them on.
+            .env_remove("INITIAL_NO_AUTH_ACTION_COUNT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        // Before the checks are on, any keys do.
+        let keys = Keys { access_key: "setup".into(), secret_key: "setup".into() };
+        let mut server =
+            Self { child: Some(child), port, root, rt: runtime(), s3: dummy_s3(), keys };
+        // A Python program: slower to start than s3s-fs, more so on a busy machine.
+        wait_for_listener("moto", port, 60);
+        server.s3 = server.client(TransferOptions::default());
+        Some(server)
+    }
+
+    /// Creates an IAM user whose only permissions are `policy` (an IAM policy document), with
+    /// an access key. Only before [`Server::enforce_iam`].
+    pub fn iam_user(&self, name: &str, policy: &serde_json::Value) -> Keys {
+        self.iam(&[("Action", "CreateUser"), ("UserName", name)]);
+        let policy = policy.to_string();
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", name),
+            ("PolicyName", "smtrain-test"),
+            ("PolicyDocument", &policy),
+        ]);
+        let out = self.iam(&[("Action", "CreateAccessKey"), ("UserName", name)]);
+        Keys {
+            access_key: xml_text(&out, "AccessKeyId"),
+            secret_key: xml_text(&out, "SecretAccessKey"),
+        }
+    }
+
+    /// Switches moto's IAM checks on (its `/moto-api/reset-auth` with a count of 0 unchecked
+    /// requests) after creating an administrator for the helpers to sign with.
+    pub fn enforce_iam(&mut self) {
+        let everything = serde_json::json!({"Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+        let admin = self.iam_user("smtrain-admin", &everything);
+        let (status, body) = self.post("/moto-api/reset-auth", "text/plain", &[], "0");
+        assert_eq!(status, 200, "switching moto's IAM checks on: {body}");
+        self.keys = admin;
+        self.s3 = self.client(TransferOptions::default());
+    }
+
+    /// One call of IAM's query API; panics unless it succeeds. moto picks the service from
+    /// the credential scope of the Authorization header; while its IAM checks are off it does
+    /// not verify the signature, so the header only names the service.
+    fn iam(&self, params: &[(&str, &str)]) -> String {
+        let mut body: Vec<String> =
+            params.iter().map(|(k, v)| format!("{k}={}", form_encode(v))).collect();
+        body.push("Version=2010-05-08".into());
+        let auth = "AWS4-HMAC-SHA256 Credential=setup/20260101/us-east-1/iam/aws4_request, \
+                    SignedHeaders=host, Signature=unsigned";
+        let (status, out) = self.post(
+            "/",
+            "application/x-www-form-urlencoded; charset=utf-8",
+            &[("Authorization", auth)],
+            &body.join("&"),
+        );
+        assert_eq!(status, 200, "IAM {params:?}: {out}");
+        out
+    }
+
+    /// A plain HTTP/1.1 POST to the server; returns the status and the body.
+    fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        conn.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).unwrap();
+        let status = resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+        (status, body)
+    }
+}
+
+/// `application/x-www-form-urlencoded`'s encoding of one value.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`; panics when there is none.
+fn xml_text(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open).unwrap_or_else(|| panic!("no <{tag}> in {xml}")) + open.len();
+    let len = xml[start..].find(&format!("</{tag}>")).unwrap_or_else(|| panic!("{xml}"));
+    xml[start..start + len].to_string()
 }
 
 impl Drop for Server {
