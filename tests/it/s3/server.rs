@@ -7,7 +7,7 @@
 //! `Server` runs moto's standalone server instead (`Server::start_moto`; installed by `make`,
 //! path in `SMTRAIN_MOTO_SERVER`), with IAM users and policies that moto enforces.
 //!
-//! Shared with the S3 benchmark (`benches/s3.rs`), so it depends on nothing test-specific.
+//! Shared with the S3 benchmark (`bench/s3.rs`), so it depends on nothing test-specific.
 
 #![allow(dead_code)]
 
