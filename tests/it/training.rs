@@ -128,16 +128,22 @@ fn json_encoded_hyperparameters_and_platform_keys_work_end_to_end() {
     assert_eq!(card["hyperparameters"]["optimizer"], "adamw");
 }
 
+/// SageMaker's DNS can lag at start: a host waits for the master's name, logging, and names it
+/// when it never resolves.
 #[test]
-fn non_leader_host_exits_cleanly_without_a_model() {
-    let job = Job::small(&[("epochs", "1")]);
+fn a_master_whose_name_never_resolves_is_named() {
+    let job = Job::small(&[("epochs", "1"), ("distributed_timeout", "2")]);
     job.write(
         "input/config/resourceconfig.json",
-        r#"{"current_host":"algo-2","hosts":["algo-1","algo-2"],"network_interface_name":"eth0"}"#,
+        r#"{"current_host":"algo-2","hosts":["algo-1.invalid","algo-2"],"network_interface_name":"eth0"}"#,
     );
-    let run = job.run().ok();
+    let run = job.run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
     assert!(job.model_files().is_empty());
-    assert!(run.stderr().contains("only the first host trains"), "{}", run.stderr());
+    assert!(run.stderr().contains("master does not resolve yet"), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.contains("master host algo-1.invalid (rank 0"), "{failure}");
+    assert!(failure.contains("did not resolve within the distributed_timeout"), "{failure}");
 }
 
 #[test]
