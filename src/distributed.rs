@@ -274,10 +274,11 @@ impl Group {
 
     fn failed(&self, op: &str, e: String) -> anyhow::Error {
         anyhow!(
-            "{op} across hosts {:?} failed on {}: {e} (another host probably stopped or \
+            "{op} across hosts {:?} failed on {}: {} (another host probably stopped or \
              failed; its log says why)",
             self.topology.hosts,
-            self.topology.describe(self.rank())
+            self.topology.describe(self.rank()),
+            tidy(&e)
         )
     }
 
@@ -346,6 +347,16 @@ impl Group {
         let flags: Vec<f32> = Vec::try_from(&flags)?;
         Ok(flags.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(r, _)| r).collect())
     }
+}
+
+/// Gloo's message without its source location and its generic advice: the failure file has
+/// room for one line, and what broke is the part worth it.
+fn tidy(msg: &str) -> &str {
+    let msg = match (msg.starts_with('['), msg.find("] ")) {
+        (true, Some(end)) => &msg[end + 2..],
+        _ => msg,
+    };
+    msg.split(". This is typically caused").next().unwrap_or(msg).trim_end_matches('.')
 }
 
 /// Waits for the master's name to resolve (SageMaker's DNS can lag at start).
@@ -439,6 +450,15 @@ mod tests {
                 assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
             }
         }
+    }
+
+    #[test]
+    fn gloo_messages_lose_their_source_location_and_advice() {
+        let raw = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read \
+                   error [127.0.0.1]:50325: Connection reset by peer. This is typically caused \
+                   by a remote worker hanging or bugs in the application. GLHF!";
+        assert_eq!(tidy(raw), "Read error [127.0.0.1]:50325: Connection reset by peer");
+        assert_eq!(tidy("Timed out waiting 3000ms"), "Timed out waiting 3000ms");
     }
 
     #[test]
