@@ -3,7 +3,8 @@
 //! A channel folder is searched recursively, as an S3 prefix lays it out; images and labels are
 //! told apart by their IDX header, never by their names. Headers are not trusted: sizes are
 //! checked against the bytes that really arrive, so a header claiming 2^32 items cannot make us
-//! allocate gigabytes.
+//! allocate gigabytes. (The one-shot gzip decoder, which needs its buffer up front, sizes it from
+//! the header only up to 64 bytes per compressed byte present, and touches only what it fills.)
 
 use std::fmt;
 use std::fs::File;
@@ -11,13 +12,19 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use flate2::read::MultiGzDecoder;
 
 use crate::error::user;
+use crate::inflate;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The largest payload we accept from one file (16 GiB): far above any real IDX file, far below
 /// what a corrupt header can claim.
 const MAX_PAYLOAD: u64 = 16 << 30;
+/// The most a gzipped file may inflate to, per compressed byte, for libdeflate's one-shot decoder
+/// (which allocates its whole output first). Real IDX files inflate 2 to 5 times; past this, the
+/// streaming decoder, whose buffer grows only with the bytes that really arrive.
+const MAX_INFLATE_RATIO: u64 = 64;
 /// How deep a channel folder may nest.
 const MAX_DEPTH: usize = 16;
 
@@ -105,7 +112,7 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
     let head = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
     Ok(if n == 2 && magic == GZIP_MAGIC {
-        Box::new(flate2::read::MultiGzDecoder::new(head))
+        Box::new(MultiGzDecoder::new(head))
     } else {
         Box::new(head)
     })
@@ -149,17 +156,67 @@ pub fn peek_header(path: &Path) -> Result<std::result::Result<IdxKind, String>> 
 
 /// Reads and checks a whole IDX file.
 pub fn read_idx(path: &Path) -> Result<IdxFile> {
-    let mut r = open(path)?;
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n =
+        read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
+    if n == 2 && magic == GZIP_MAGIC {
+        // The whole compressed file: its size is real, whatever its contents claim.
+        let size = file.metadata().map_or(0, |m| m.len() as usize);
+        let mut gz = Vec::with_capacity(size);
+        gz.extend_from_slice(&magic);
+        file.read_to_end(&mut gz).with_context(|| format!("reading {}", path.display()))?;
+        return read_gzip(path, &gz);
+    }
+    let head = std::io::Cursor::new(magic[..n].to_vec()).chain(BufReader::new(file));
+    read_stream(path, head)
+}
+
+/// Reads and checks an IDX header; returns what it describes, its length and the payload's.
+fn read_header(path: &Path, r: &mut impl Read) -> Result<(IdxKind, usize, u64)> {
     let mut head = [0u8; 16];
-    let n = read_up_to(&mut r, &mut head[..4]).map_err(|e| read_err(path, e))?;
+    let n = read_up_to(r, &mut head[..4]).map_err(|e| read_err(path, e))?;
     let ndims = if n == 4 { head[3] as usize } else { 0 };
     let want = (4 + 4 * ndims).min(16);
-    let m = read_up_to(&mut r, &mut head[n..want]).map_err(|e| read_err(path, e))?;
-    let (kind, _) =
+    let m = read_up_to(r, &mut head[n..want]).map_err(|e| read_err(path, e))?;
+    let (kind, header_len) =
         parse_header(&head[..n + m]).map_err(|why| user(format!("{}: {why}", path.display())))?;
     let expected = kind.payload_len().filter(|&len| len <= MAX_PAYLOAD).ok_or_else(|| {
         user(format!("{}: header claims {kind}, over the 16 GiB limit", path.display()))
     })?;
+    Ok((kind, header_len, expected))
+}
+
+/// A gzipped IDX file, whole in memory: inflated in one go by libdeflate when it is one gzip
+/// member of exactly the size its IDX header describes, else streamed as any other file.
+fn read_gzip(path: &Path, gz: &[u8]) -> Result<IdxFile> {
+    // The header, from the first bytes only.
+    let (kind, header_len, expected) = read_header(path, &mut MultiGzDecoder::new(gz))?;
+    if let Some(total) = one_shot_len(gz, header_len, expected) {
+        if let Some(mut data) = inflate::gunzip_exact(gz, total) {
+            data.drain(..header_len);
+            return Ok(finish(path, kind, data));
+        }
+    }
+    read_stream(path, MultiGzDecoder::new(gz))
+}
+
+/// The size to inflate `gz` to in one go, if the one-shot decoder may: it needs its whole buffer
+/// before it starts, and the header sizing it is not trusted, so only where that size is at most
+/// MAX_INFLATE_RATIO times the bytes read and agrees with the gzip trailer (ISIZE, the size mod
+/// 2^32). Elsewhere the stream, whose buffer grows only with what arrives.
+fn one_shot_len(gz: &[u8], header_len: usize, expected: u64) -> Option<usize> {
+    let total = header_len as u64 + expected;
+    let trailer_size = u32::from_le_bytes(*gz.last_chunk::<4>()?);
+    if total > gz.len() as u64 * MAX_INFLATE_RATIO || trailer_size != total as u32 {
+        return None;
+    }
+    usize::try_from(total).ok()
+}
+
+/// Reads an IDX file from a stream that starts at its header, checking its length.
+fn read_stream(path: &Path, mut r: impl Read) -> Result<IdxFile> {
+    let (kind, _, expected) = read_header(path, &mut r)?;
     // Read at most one byte more than the header promises: the buffer grows with the bytes that
     // really arrive, never with what the header claims.
     let mut data = Vec::new();
@@ -177,8 +234,12 @@ pub fn read_idx(path: &Path) -> Result<IdxFile> {
             path.display()
         )));
     }
+    Ok(finish(path, kind, data))
+}
+
+fn finish(path: &Path, kind: IdxKind, data: Vec<u8>) -> IdxFile {
     let digest = *blake3::hash(&data).as_bytes();
-    Ok(IdxFile { path: path.to_path_buf(), kind, data, digest })
+    IdxFile { path: path.to_path_buf(), kind, data, digest }
 }
 
 /// A labelled image set, kept as raw bytes: pixels are scaled when batches are made.
@@ -427,6 +488,85 @@ mod tests {
         let m = msg(read_idx(&p));
         assert!(m.contains("truncated: header says 4294967295 labels"), "{m}");
         assert!(m.contains("file has 100"), "{m}");
+    }
+
+    #[test]
+    fn gzipped_files_read_as_their_plain_bytes_whichever_decoder_runs() {
+        let d = tempfile::tempdir().unwrap();
+        // Several MB, compressible like real images.
+        let n = 7_000u32;
+        let data: Vec<u8> = (0..n * 784).map(|i| ((i % 784) * (i / 784 % 7) / 13) as u8).collect();
+        let header = |n: u32| {
+            let mut h = vec![0, 0, 8, 3];
+            [n, 28, 28].iter().for_each(|d| h.extend_from_slice(&d.to_be_bytes()));
+            h
+        };
+        let gzip = |bytes: &[u8]| {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(bytes).unwrap();
+            enc.finish().unwrap()
+        };
+        let plain = d.path().join("plain");
+        write_idx(&plain, &[n, 28, 28], &data, false).unwrap();
+        let want = read_idx(&plain).unwrap();
+        assert_eq!(want.data, data);
+        // One member: libdeflate's one-shot path.
+        let one = d.path().join("one.gz");
+        write_idx(&one, &[n, 28, 28], &data, true).unwrap();
+        let gz = std::fs::read(&one).unwrap();
+        assert_eq!(one_shot_len(&gz, 16, data.len() as u64), Some(16 + data.len()));
+        // Two members, split inside the header and inside the data: the streaming path.
+        let mut bytes = header(n);
+        bytes.extend_from_slice(&data);
+        let mut two = gzip(&bytes[..7]);
+        two.extend_from_slice(&gzip(&bytes[7..]));
+        let two_path = d.path().join("two.gz");
+        std::fs::write(&two_path, &two).unwrap();
+        for p in [&one, &two_path] {
+            let got = read_idx(p).unwrap();
+            assert_eq!((got.kind, &got.data, got.digest), (want.kind, &want.data, want.digest));
+        }
+        // An empty member after the data changes nothing either.
+        let mut padded = gz.clone();
+        padded.extend_from_slice(&gzip(b""));
+        std::fs::write(&two_path, &padded).unwrap();
+        assert_eq!(read_idx(&two_path).unwrap().digest, want.digest);
+    }
+
+    #[test]
+    fn the_one_shot_decoder_is_sized_only_by_headers_the_bytes_bear_out() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("huge.gz");
+        // 2^32-1 labels claimed, 100 present, and a gzip trailer forged to agree with the
+        // header (ISIZE = 2^32-1 + 8, mod 2^32): still no 4 GiB buffer, and the real length
+        // decides.
+        let mut bytes = vec![0, 0, 8, 1, 0xff, 0xff, 0xff, 0xff];
+        bytes.extend_from_slice(&[0u8; 100]);
+        let mut gz = {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&bytes).unwrap();
+            enc.finish().unwrap()
+        };
+        let claimed = 8 + 0xffff_ffffu64;
+        assert_eq!(one_shot_len(&gz, 8, claimed - 8), None);
+        let at = gz.len() - 4;
+        gz[at..].copy_from_slice(&(claimed as u32).to_le_bytes());
+        assert_eq!(one_shot_len(&gz, 8, claimed - 8), None);
+        std::fs::write(&p, &gz).unwrap();
+        let m = msg(read_idx(&p));
+        assert!(m.contains("huge.gz: cannot be decompressed"), "{m}");
+        // Up to 64 bytes per byte read, and only as the trailer says.
+        let with_isize = |len: usize, isize: u32| {
+            let mut gz = vec![0u8; len - 4];
+            gz.extend_from_slice(&isize.to_le_bytes());
+            gz
+        };
+        assert_eq!(one_shot_len(&with_isize(10, 640), 16, 624), Some(640));
+        assert_eq!(one_shot_len(&with_isize(10, 641), 16, 625), None);
+        assert_eq!(one_shot_len(&with_isize(10, 639), 16, 624), None);
+        assert_eq!(one_shot_len(&[0; 3], 0, 0), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`]           |
 //! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
+//! | [`inflate`]   | gzip in one go with libdeflate: `data`'s fast path                   |
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
 //! | [`distributed`]| multi-host jobs: rank from `resourceconfig.json`, c10d rendezvous, all-reduce |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
@@ -38,6 +39,7 @@ pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod evaluation;
+pub mod inflate;
 pub mod job;
 pub mod kernels;
 pub mod metrics;
