@@ -164,6 +164,7 @@ pub fn read_idx(path: &Path) -> Result<IdxFile> {
         // The whole compressed file: its size is real, whatever its contents claim.
         let size = file.metadata().map_or(0, |m| m.len() as usize);
         let mut gz = Vec::with_capacity(size);
+        inflate::advise_huge_pages(&mut gz);
         gz.extend_from_slice(&magic);
         file.read_to_end(&mut gz).with_context(|| format!("reading {}", path.display()))?;
         return read_gzip(path, &gz);
