@@ -195,8 +195,8 @@ fn read_gzip(path: &Path, gz: &[u8]) -> Result<IdxFile> {
     let (kind, header_len, expected) = read_header(path, &mut MultiGzDecoder::new(gz))?;
     if let Some(total) = one_shot_len(gz, header_len, expected) {
         if let Some(mut data) = inflate::gunzip_exact(gz, total) {
-            data.drain(..header_len);
-            return Ok(finish(path, kind, data));
+            let digest = drop_header_and_hash(&mut data, header_len);
+            return Ok(IdxFile { path: path.to_path_buf(), kind, data, digest });
         }
     }
     read_stream(path, MultiGzDecoder::new(gz))
@@ -236,6 +236,25 @@ fn read_stream(path: &Path, mut r: impl Read) -> Result<IdxFile> {
         )));
     }
     Ok(finish(path, kind, data))
+}
+
+/// Moves the payload to the front of `buf` over the header, hashing it on the way: one pass
+/// over memory instead of a 47 MB memmove and then BLAKE3 (3 of ~18 ms on the train images).
+/// The digest is BLAKE3's of the payload, whatever the pieces: the hasher's input is a stream.
+fn drop_header_and_hash(buf: &mut Vec<u8>, header_len: usize) -> [u8; 32] {
+    // A multiple of BLAKE3's 1 KiB chunks that stays in L2 between the move and the hash.
+    const STEP: usize = 64 << 10;
+    let payload = buf.len() - header_len;
+    let mut hasher = blake3::Hasher::new();
+    let mut at = 0;
+    while at < payload {
+        let n = STEP.min(payload - at);
+        buf.copy_within(header_len + at..header_len + at + n, at);
+        hasher.update(&buf[at..at + n]);
+        at += n;
+    }
+    buf.truncate(payload);
+    *hasher.finalize().as_bytes()
 }
 
 fn finish(path: &Path, kind: IdxKind, data: Vec<u8>) -> IdxFile {
@@ -533,6 +552,18 @@ mod tests {
         padded.extend_from_slice(&gzip(b""));
         std::fs::write(&two_path, &padded).unwrap();
         assert_eq!(read_idx(&two_path).unwrap().digest, want.digest);
+    }
+
+    #[test]
+    fn dropping_the_header_hashes_the_payload() {
+        for len in [0, 1, 1023, 1024, 65_536, 65_537, 300_001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 13 % 256) as u8).collect();
+            let mut buf = vec![9u8; 16];
+            buf.extend_from_slice(&payload);
+            let digest = drop_header_and_hash(&mut buf, 16);
+            assert_eq!(buf, payload);
+            assert_eq!(digest, *blake3::hash(&payload).as_bytes(), "{len} bytes");
+        }
     }
 
     #[test]
