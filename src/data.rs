@@ -162,6 +162,9 @@ pub fn read_idx(path: &Path) -> Result<IdxFile> {
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
     if n == 2 && magic == GZIP_MAGIC {
         // The whole compressed file: its size is real, whatever its contents claim.
+        if let Some(map) = inflate::MappedFile::new(&file) {
+            return read_gzip(path, &map);
+        }
         let size = file.metadata().map_or(0, |m| m.len() as usize);
         let mut gz = Vec::with_capacity(size);
         inflate::advise_huge_pages(&mut gz);
