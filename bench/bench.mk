@@ -28,6 +28,12 @@ bench: build $(BENCH_VENV)/.complete
 bench-step: setup
 	cargo bench --locked --bench step
 
+# The job's data load in fresh processes, before (the streaming reader) and now, then step by
+# step (bench/load.rs).
+.PHONY: bench-load
+bench-load: setup
+	cargo bench --locked --bench load
+
 # One process against two data-parallel ranks on loopback (c10d/Gloo), global batch 32, 256 and
 # 1024, with the all-reduce's cost per step (bench/dist.py). Heavy: run it alone.
 .PHONY: bench-dist
