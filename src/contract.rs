@@ -124,9 +124,14 @@ impl ResourceConfig {
         }
     }
 
+    /// This host's rank in a multi-host job: its position in `hosts` (validated to be there).
+    pub fn rank(&self) -> usize {
+        self.hosts.iter().position(|h| *h == self.current_host).unwrap_or(0)
+    }
+
     /// The host that writes the model: `hosts[0]`, as SageMaker's toolkit picks the master.
     pub fn is_leader(&self) -> bool {
-        self.hosts.first() == Some(&self.current_host)
+        self.rank() == 0
     }
 
     fn validate(self, path: &Path) -> Result<Self> {

@@ -57,8 +57,9 @@ fn load_cuda_backend() -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Threads to use: the configured number, else `OMP_NUM_THREADS`, else one per core.
-fn thread_count(configured: usize) -> usize {
+/// Threads to use: the configured number, else `OMP_NUM_THREADS`, else one per core, the cores
+/// split between the `sharing` processes of a job that run on this machine.
+fn thread_count(configured: usize, sharing: usize) -> usize {
     if configured > 0 {
         return configured;
     }
@@ -66,12 +67,16 @@ fn thread_count(configured: usize) -> usize {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / sharing.max(1)).max(1)
+        })
 }
 
-/// Picks the device and sets libtorch's thread pools.
-pub fn place(choice: DeviceChoice, threads: usize) -> Result<Placement> {
-    let threads = thread_count(threads);
+/// Picks the device and sets libtorch's thread pools; `sharing` processes of the job share
+/// this machine's cores.
+pub fn place(choice: DeviceChoice, threads: usize, sharing: usize) -> Result<Placement> {
+    let threads = thread_count(threads, sharing);
     tch::set_num_threads(threads as i32);
     let cuda = match choice {
         DeviceChoice::Cpu => Err("device=cpu was asked for".to_string()),
@@ -105,13 +110,13 @@ mod tests {
 
     #[test]
     fn configured_threads_win() {
-        assert_eq!(thread_count(3), 3);
-        assert!(thread_count(0) >= 1);
+        assert_eq!(thread_count(3, 1), 3);
+        assert!(thread_count(0, 1) >= 1);
     }
 
     #[test]
     fn cpu_choice_gives_the_cpu() {
-        let p = place(DeviceChoice::Cpu, 1).unwrap();
+        let p = place(DeviceChoice::Cpu, 1, 1).unwrap();
         assert_eq!(p.device, Device::Cpu);
         assert_eq!(p.name(), "cpu");
     }
@@ -121,7 +126,7 @@ mod tests {
         if nvidia_driver_present() {
             return; // this host has a GPU: the choice is valid here.
         }
-        let err = place(DeviceChoice::Cuda, 1).unwrap_err();
+        let err = place(DeviceChoice::Cuda, 1, 1).unwrap_err();
         assert!(crate::error::is_user_error(&err));
         assert!(err.to_string().contains("no NVIDIA driver"), "{err}");
     }

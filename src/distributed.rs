@@ -80,7 +80,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(rc: &ResourceConfig, port: u16) -> Self {
-        let rank = rc.hosts.iter().position(|h| *h == rc.current_host).unwrap_or(0);
+        let rank = rc.rank();
         Self { rank, hosts: rc.hosts.clone(), port, interface: rc.network_interface_name.clone() }
     }
 

@@ -75,7 +75,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         "resource config"
     );
     let topology = Topology::new(rc, cfg.distributed_port);
-    let leader = topology.rank == 0;
+    let leader = rc.is_leader();
     let sharded = topology.world() > 1 && train_is_sharded(paths, &files, &cfg)?;
 
     let sources = resolve_channels(paths, &files, &opts.channels)?;
@@ -103,7 +103,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         "data loaded"
     );
 
-    let placement = device::place(cfg.device, threads_for(&cfg, &topology))?;
+    let placement = device::place(cfg.device, cfg.threads, topology.local_processes())?;
     info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
     let group = match topology.world() {
         1 => None,
@@ -321,17 +321,6 @@ fn shard_layout(g: &Group, train: &mut Dataset) -> Result<Layout> {
     train.fingerprint = format!("shards:blake3:{}", hash.finalize().to_hex());
     info!(shards = ?sizes, fingerprint = %train.fingerprint, "train channel sharded over the hosts");
     Ok(Layout::Sharded(sizes))
-}
-
-/// Threads for libtorch: as configured; by default one per core, split between the job's
-/// processes when several share this machine.
-fn threads_for(cfg: &TrainConfig, topology: &Topology) -> usize {
-    let local = topology.local_processes();
-    if cfg.threads > 0 || local == 1 || std::env::var_os("OMP_NUM_THREADS").is_some() {
-        return cfg.threads;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / local).max(1)
 }
 
 /// Rank 0's starting state (fresh, or resumed from its checkpoints) on every rank: initial

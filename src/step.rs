@@ -143,8 +143,7 @@ impl<'a> Exchange<'a> {
             self.group.all_reduce_sum(&host)?;
             self.buf.copy_(&host);
         }
-        let summed = tail.to_device(Device::Cpu);
-        self.agreed_stop = summed.double_value(&[2]) > 0.0;
+        self.agreed_stop = tail.double_value(&[2]) > 0.0;
         Ok((tail.get(0), tail.get(1).to_kind(Kind::Int64)))
     }
 
