@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use smtrain::data::{load_pair, parse_header, read_idx, Dataset, IdxFile};
-use smtrain::inflate::gunzip_exact;
+use smtrain::inflate::{gunzip_exact, gunzip_into};
 
 const CHILD: &str = "SMTRAIN_BENCH_LOAD_CHILD";
 
@@ -173,23 +173,5 @@ fn main() {
 
 /// libdeflate's one-shot gzip decoder on a buffer of the caller's; checks it inflated all of it.
 fn libdeflate(gz: &[u8], out: &mut [u8]) {
-    use libdeflate_sys::*;
-    let (mut used, mut written) = (0usize, 0usize);
-    // SAFETY: the pointers and lengths come from live slices; the decompressor is freed below.
-    let rc = unsafe {
-        let d = libdeflate_alloc_decompressor();
-        assert!(!d.is_null());
-        let rc = libdeflate_gzip_decompress_ex(
-            d,
-            gz.as_ptr().cast(),
-            gz.len(),
-            out.as_mut_ptr().cast(),
-            out.len(),
-            &mut used,
-            &mut written,
-        );
-        libdeflate_free_decompressor(d);
-        rc
-    };
-    assert_eq!((rc, used, written), (libdeflate_result_LIBDEFLATE_SUCCESS, gz.len(), out.len()));
+    assert!(gunzip_into(gz, out), "libdeflate did not inflate exactly {} bytes", out.len());
 }

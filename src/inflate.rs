@@ -38,9 +38,15 @@ impl Drop for Decompressor {
 /// really arrived. The buffer comes zeroed from the allocator (calloc), which for large sizes maps
 /// fresh pages without writing them: pages that the data does not reach are never touched.
 pub fn gunzip_exact(gz: &[u8], len: usize) -> Option<Vec<u8>> {
-    let d = Decompressor::new()?;
     let mut out = vec![0u8; len];
     advise_huge_pages(&mut out);
+    gunzip_into(gz, &mut out).then_some(out)
+}
+
+/// Inflates `gz` into all of `out`: true if `gz` is exactly one gzip member, nothing after it,
+/// that inflates to exactly `out.len()` bytes (its CRC-32 checked).
+pub fn gunzip_into(gz: &[u8], out: &mut [u8]) -> bool {
+    let Some(d) = Decompressor::new() else { return false };
     let (mut used, mut written) = (0usize, 0usize);
     // SAFETY: `gz` and `out` are live slices of the lengths given; libdeflate writes at most
     // `out.len()` bytes into `out` and reads at most `gz.len()` bytes; `d` is a live
@@ -56,8 +62,7 @@ pub fn gunzip_exact(gz: &[u8], len: usize) -> Option<Vec<u8>> {
             &mut written,
         )
     };
-    (rc == libdeflate_result_LIBDEFLATE_SUCCESS && used == gz.len() && written == len)
-        .then_some(out)
+    rc == libdeflate_result_LIBDEFLATE_SUCCESS && used == gz.len() && written == out.len()
 }
 
 /// Asks for transparent huge pages under a large buffer's capacity, before it is first written.
