@@ -149,6 +149,17 @@ fn resourceconfig(job: &Job, current: &str, hosts: &[&str]) {
     job.write("input/config/resourceconfig.json", serde_json::to_vec(&rc).unwrap());
 }
 
+/// Checks that a model folder holds exactly the model's three files; returns its `model.json`.
+fn model_folder_card(dir: &Path) -> serde_json::Value {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["metrics.json", "model.json", "model.safetensors"]);
+    serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap()
+}
+
 fn test_accuracy(metrics_json: &Path) -> f64 {
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(metrics_json).unwrap()).unwrap();
@@ -310,14 +321,7 @@ fn without_mounts_trains_the_notebook_model_on_the_bundled_fashion_mnist() {
     let cp = docker(&["cp", &format!("{}:/opt/ml/model", c.name()), dir.path().to_str().unwrap()]);
     assert!(cp.status.success(), "{}", text(&cp.stderr));
     let model = dir.path().join("model");
-    let mut files: Vec<String> = std::fs::read_dir(&model)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["metrics.json", "model.json", "model.safetensors"]);
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    let card = model_folder_card(&model);
     assert_eq!(card["data"]["train"]["samples"], 60000);
     assert_eq!(card["data"]["test"]["samples"], 10000);
     assert_eq!(card["hyperparameters"]["epochs"], 5);
@@ -481,14 +485,7 @@ fn two_hosts_on_a_private_network_train_together() {
         assert!(job.succeeded());
         assert!(job.failure().is_none());
     }
-    let mut files: Vec<String> = std::fs::read_dir(model.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["metrics.json", "model.json", "model.safetensors"]);
-    let card: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(model.path().join("model.json")).unwrap()).unwrap();
+    let card = model_folder_card(model.path());
     assert_eq!(card["data"]["train"]["samples"], 1000);
 }
 
