@@ -1,6 +1,6 @@
 //! Two jobs: give the `train` binary a run path to libtorch, so it starts without
 //! `LD_LIBRARY_PATH`; and compile the small C++ shim (src/native) that reaches what tch does not
-//! bind: ATen's fused Adam, and c10d's TCPStore and ProcessGroupGloo for multi-host training.
+//! bind: ATen's fused Adam, libtorch's intra-op thread pool, and c10d's TCPStore and ProcessGroupGloo for multi-host training.
 //!
 //! `$ORIGIN/lib` serves the Docker image (libraries copied beside the binary); the absolute
 //! libtorch folder serves builds on the host. torch-sys hands us that folder through its
@@ -44,12 +44,18 @@ fn main() {
         .define("USE_C10D_GLOO", "1")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
+        // parallel.cpp's at::parallel_for is an inline `omp parallel` region.
+        .flag("-fopenmp")
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .file("src/native/fused.cpp")
         .file("src/native/dist.cpp")
+        .file("src/native/parallel.cpp")
         .compile("smtrain_native");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    // The OpenMP runtime the wheel ships and libtorch_cpu.so uses, by its exact file name:
+    // `-lgomp` would link the system compiler's, and two OpenMP runtimes mean two thread pools.
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
 }

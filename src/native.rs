@@ -19,6 +19,13 @@ extern "C" {
         eps: f64,
         decoupled: c_int,
     ) -> *mut c_char;
+
+    fn smtrain_parallel_for(
+        n: i64,
+        grain: i64,
+        body: extern "C" fn(*mut c_void, i64, i64),
+        ctx: *mut c_void,
+    ) -> *mut c_char;
 }
 
 /// Turns the shim's returned message (NULL on success) into a `Result`, freeing it.
@@ -72,4 +79,55 @@ pub fn fused_adam(
         )
     };
     check(msg, "fused Adam step")
+}
+
+/// Calls `body(begin, end)` over disjoint ranges covering `0..n`: when `n` exceeds `grain`, one
+/// range per libtorch intra-op thread (as many as `tch::set_num_threads` allows), else the
+/// whole range on this thread. Returns when every range is done.
+pub fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, body: F) -> Result<()> {
+    // Rust ≥ 1.81 aborts rather than unwinding out of an `extern "C"` function, so a panic in
+    // `body` never crosses into C++.
+    extern "C" fn trampoline<F: Fn(usize, usize) + Sync>(ctx: *mut c_void, begin: i64, end: i64) {
+        // SAFETY: `ctx` is the `&F` passed below, alive until smtrain_parallel_for returns.
+        let body = unsafe { &*(ctx as *const F) };
+        body(begin as usize, end as usize);
+    }
+    // SAFETY: the trampoline matches the shim's signature and `body` outlives the call.
+    let msg = unsafe {
+        smtrain_parallel_for(
+            n as i64,
+            grain.max(1) as i64,
+            trampoline::<F>,
+            &body as *const F as *mut c_void,
+        )
+    };
+    check(msg, "parallel loop")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    #[test]
+    fn parallel_for_covers_every_index_once() {
+        // Per thread in OpenMP: other tests' settings do not reach this one.
+        tch::set_num_threads(2);
+        for (n, grain, parts) in
+            [(0, 1, 0), (1, 1, 1), (1000, 1000, 1), (1001, 1000, 2), (100_003, 4096, 2)]
+        {
+            let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            let ranges = Mutex::new(Vec::new());
+            super::parallel_for(n, grain, |b, e| {
+                ranges.lock().unwrap().push((b, e));
+                for s in &seen[b..e] {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "n {n}: {ranges:?}");
+            // Split between the two threads, unless too small to be worth it.
+            assert_eq!(ranges.lock().unwrap().len(), parts, "n {n}, grain {grain}");
+        }
+    }
 }
