@@ -47,6 +47,63 @@ pub fn softmax_xent_grad(
     (loss, correct)
 }
 
+/// A small layer's forward pass, `out = x · wᵀ + b`: `x` is rows × `k`, `w` is `b.len()` × `k`
+/// (a weight matrix as stored), `out` is rows × `b.len()`.
+pub fn linear(x: &[f32], w: &[f32], b: &[f32], k: usize, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(b.len())) {
+        for ((o, wr), &bias) in or.iter_mut().zip(w.chunks_exact(k)).zip(b) {
+            *o = bias + dot(xr, wr);
+        }
+    }
+}
+
+/// A small layer's weight gradient, `out = dᵀ · x`: `d` is rows × n (the gradient at the
+/// layer's output), `x` rows × `k` (its input), `out` n × `k`.
+pub fn weight_grad(d: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
+    let n = out.len() / k;
+    out.fill(0.0);
+    for (dr, xr) in d.chunks_exact(n).zip(x.chunks_exact(k)) {
+        for (orow, &dj) in out.chunks_exact_mut(k).zip(dr) {
+            axpy(dj, xr, orow);
+        }
+    }
+}
+
+/// A small layer's input gradient, `out = d · w`: `d` is rows × n, `w` n × `k`, `out` rows × `k`.
+pub fn input_grad(d: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    let n = w.len() / k;
+    for (orow, dr) in out.chunks_exact_mut(k).zip(d.chunks_exact(n)) {
+        orow.fill(0.0);
+        for (&dj, wr) in dr.iter().zip(w.chunks_exact(k)) {
+            axpy(dj, wr, orow);
+        }
+    }
+}
+
+/// `y += a · x`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// A dot product in eight interleaved partial sums, so that it vectorises (a single running
+/// sum is a chain the compiler may not reorder); a fixed order, so the same bits every time.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    let (a8, b8) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Sums the rows of a `rows × cols` matrix into `out`.
 pub fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
@@ -198,6 +255,33 @@ mod tests {
         let mut sums = [0f32; 2];
         column_sums(&[1.0, 2.0, 3.0, 4.0], 2, &mut sums);
         assert_eq!(sums, [4.0, 6.0]);
+    }
+
+    /// The small-layer kernels against the plain formulas, on shapes with vector tails.
+    #[test]
+    fn small_layer_products_match_the_definitions() {
+        let (rows, k, n) = (3, 19, 5);
+        let val = |i: usize, s: f32| ((i as f32 + 1.0) * s).sin();
+        let x: Vec<f32> = (0..rows * k).map(|i| val(i, 0.7)).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| val(i, 1.3)).collect();
+        let b: Vec<f32> = (0..n).map(|i| val(i, 2.1)).collect();
+        let d: Vec<f32> = (0..rows * n).map(|i| val(i, 0.4)).collect();
+        let close = |got: &[f32], want: &dyn Fn(usize) -> f32| {
+            for (i, &g) in got.iter().enumerate() {
+                assert!((g - want(i)).abs() < 1e-5, "element {i}: {g} vs {}", want(i));
+            }
+        };
+        let mut out = vec![f32::NAN; rows * n];
+        linear(&x, &w, &b, k, &mut out);
+        close(&out, &|i| {
+            b[i % n] + (0..k).map(|j| x[i / n * k + j] * w[i % n * k + j]).sum::<f32>()
+        });
+        let mut gw = vec![f32::NAN; n * k];
+        weight_grad(&d, &x, k, &mut gw);
+        close(&gw, &|i| (0..rows).map(|r| d[r * n + i / k] * x[r * k + i % k]).sum::<f32>());
+        let mut gx = vec![f32::NAN; rows * k];
+        input_grad(&d, &w, k, &mut gx);
+        close(&gx, &|i| (0..n).map(|j| d[i / k * n + j] * w[j * k + i % k]).sum::<f32>());
     }
 
     #[test]

@@ -282,7 +282,17 @@ impl Buffers {
     }
 }
 
-/// The CPU fast path: libtorch for the matrix products, Rust loops for the rest.
+/// The most multiply-adds a layer's product may take for [`HostStep`] to compute it in Rust:
+/// below this, a call into libtorch (dispatch, then MKL waking its threads) costs more than the
+/// arithmetic. The notebook's output layer at batch 32 is 41k; its first layer, 3.2M.
+const SMALL_LAYER_MACS: usize = 1 << 17;
+
+/// Whether layer `i` (`sizes[i]` → `sizes[i + 1]`) is small at `rows` rows.
+fn small_layer(sizes: &[usize], i: usize, rows: usize) -> bool {
+    rows * sizes[i] * sizes[i + 1] <= SMALL_LAYER_MACS
+}
+
+/// The CPU fast path: libtorch for the large matrix products, Rust loops for the rest.
 pub struct HostStep<'a> {
     cfg: &'a TrainConfig,
     sizes: Vec<usize>,
@@ -293,7 +303,11 @@ pub struct HostStep<'a> {
     grads: Vec<Dense>,
     exchange: Option<Exchange<'a>>,
     bias_grads: Vec<HostBuf>,
-    /// Transposed views of the weights (they follow in-place updates).
+    weight_grads: Vec<HostBuf>,
+    /// Each layer's weights and biases, as views of the parameters (they follow in-place
+    /// updates); and the weights' transposed views.
+    weights: Vec<HostBuf>,
+    biases: Vec<HostBuf>,
     weights_t: Vec<Tensor>,
     /// Buffers for the full batch and, when the epoch ends on a shorter one, for that.
     buffers: Vec<Buffers>,
@@ -309,8 +323,11 @@ impl<'a> HostStep<'a> {
         let sizes = state.model.sizes().to_vec();
         let (buf, grad_flat) = exchange_buffer(&state.model.flat);
         let grads = dense_views(&grad_flat, &sizes);
-        let bias_grads = grads.iter().map(|g| HostBuf::new(g.bias.shallow_clone())).collect();
-        let weights_t = state.model.layers.iter().map(|l| l.weight.tr()).collect();
+        let views =
+            |ts: Vec<&Tensor>| ts.into_iter().map(|t| HostBuf::new(t.shallow_clone())).collect();
+        let layers = &state.model.layers;
+        let bias_grads = views(grads.iter().map(|g| &g.bias).collect());
+        let weight_grads = views(grads.iter().map(|g| &g.weight).collect());
         // SAFETY: the dataset's tensors are contiguous CPU tensors of these types that `data`
         // keeps alive and nothing writes while we train.
         let (images, labels) = unsafe { (&*host::<u8>(&data.images), &*host::<i64>(&data.labels)) };
@@ -324,7 +341,10 @@ impl<'a> HostStep<'a> {
             grads,
             exchange: group.map(|g| Exchange::new(g, &buf)),
             bias_grads,
-            weights_t,
+            weight_grads,
+            weights: views(layers.iter().map(|l| &l.weight).collect()),
+            biases: views(layers.iter().map(|l| &l.bias).collect()),
+            weights_t: layers.iter().map(|l| l.weight.tr()).collect(),
             buffers: Vec::new(),
         }
     }
@@ -423,16 +443,27 @@ impl HostStep<'_> {
         let mask = |i: usize| (self.cfg.dropout > 0.0).then(|| b.masks[i].as_slice());
 
         // Forward.
-        for (i, layer) in layers.iter().enumerate().take(last) {
-            let _ =
-                layer.bias.addmm_out(&b.hidden[i].tensor, &b.input(i).tensor, &self.weights_t[i]);
-            unsafe { kernels::relu_dropout(b.hidden[i].slice(), mask(i)) };
+        for i in 0..=last {
+            let out = if i == last { &b.logits } else { &b.hidden[i] };
+            if small_layer(sizes, i, rows) {
+                let (w, bias) = (&self.weights[i], &self.biases[i]);
+                unsafe {
+                    kernels::linear(
+                        b.input(i).slice(),
+                        w.slice(),
+                        bias.slice(),
+                        sizes[i],
+                        out.slice(),
+                    )
+                };
+            } else {
+                let _ =
+                    layers[i].bias.addmm_out(&out.tensor, &b.input(i).tensor, &self.weights_t[i]);
+            }
+            if i < last {
+                unsafe { kernels::relu_dropout(out.slice(), mask(i)) };
+            }
         }
-        let _ = layers[last].bias.addmm_out(
-            &b.logits.tensor,
-            &b.input(last).tensor,
-            &self.weights_t[last],
-        );
         let classes = sizes[last + 1];
         let (loss, correct) =
             unsafe { kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch) };
@@ -441,12 +472,23 @@ impl HostStep<'_> {
         for i in (0..=last).rev() {
             let (delta, delta_t) =
                 if i == last { (&b.logits, &b.logits_t) } else { (&b.deltas[i], &b.deltas_t[i]) };
+            let small = small_layer(sizes, i, rows);
             unsafe {
                 kernels::column_sums(delta.slice(), sizes[i + 1], self.bias_grads[i].slice())
             };
-            let _ = delta_t.mm_out(&self.grads[i].weight, &b.input(i).tensor);
+            if small {
+                let (x, gw) = (b.input(i), &self.weight_grads[i]);
+                unsafe { kernels::weight_grad(delta.slice(), x.slice(), sizes[i], gw.slice()) };
+            } else {
+                let _ = delta_t.mm_out(&self.grads[i].weight, &b.input(i).tensor);
+            }
             if i > 0 {
-                let _ = delta.tensor.mm_out(&b.deltas[i - 1].tensor, &layers[i].weight);
+                if small {
+                    let (w, dx) = (&self.weights[i], &b.deltas[i - 1]);
+                    unsafe { kernels::input_grad(delta.slice(), w.slice(), sizes[i], dx.slice()) };
+                } else {
+                    let _ = delta.tensor.mm_out(&b.deltas[i - 1].tensor, &layers[i].weight);
+                }
                 unsafe {
                     kernels::relu_dropout_backward(
                         b.deltas[i - 1].slice(),
@@ -469,7 +511,11 @@ mod tests {
     #[test]
     fn host_and_tensor_steps_agree() {
         let data = DeviceData::new(&toy(64, 1), Device::Cpu);
-        for (dropout, hidden) in [(0.0, vec![8]), (0.3, vec![8, 6])] {
+        // Small layers run as Rust loops, large ones through libtorch: 16 rows × 16 features ×
+        // 600 units is above SMALL_LAYER_MACS, so the last two cases mix both.
+        let cases = [(0.0, vec![8]), (0.3, vec![8, 6]), (0.0, vec![600]), (0.3, vec![600, 6])];
+        assert!(!small_layer(&[16, 600], 0, 16) && small_layer(&[600, 6], 0, 16));
+        for (dropout, hidden) in cases {
             let cfg = TrainConfig {
                 num_classes: 4,
                 hidden_units: hidden,
