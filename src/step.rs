@@ -457,8 +457,13 @@ impl HostStep<'_> {
                     )
                 };
             } else {
-                let _ =
-                    layers[i].bias.addmm_out(&out.tensor, &b.input(i).tensor, &self.weights_t[i]);
+                // The bias rows written here and the product added onto them (MKL with beta 1)
+                // cost less than addmm's own broadcast copy.
+                let bias = unsafe { self.biases[i].slice() };
+                for row in unsafe { out.slice() }.chunks_exact_mut(sizes[i + 1]) {
+                    row.copy_from_slice(bias);
+                }
+                let _ = out.tensor.addmm_out(&out.tensor, &b.input(i).tensor, &self.weights_t[i]);
             }
             if i < last {
                 unsafe { kernels::relu_dropout(out.slice(), mask(i)) };
@@ -480,7 +485,11 @@ impl HostStep<'_> {
                 let (x, gw) = (b.input(i), &self.weight_grads[i]);
                 unsafe { kernels::weight_grad(delta.slice(), x.slice(), sizes[i], gw.slice()) };
             } else {
-                let _ = delta_t.mm_out(&self.grads[i].weight, &b.input(i).tensor);
+                // Zeroed here and accumulated into (beta 1): MKL's own zeroing for beta 0 is
+                // slower than a memset.
+                let gw = &self.grads[i].weight;
+                unsafe { self.weight_grads[i].slice().fill(0.0) };
+                let _ = gw.addmm_out(gw, delta_t, &b.input(i).tensor);
             }
             if i > 0 {
                 if small {
