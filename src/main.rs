@@ -1,5 +1,5 @@
 //! The `train` binary: everything lives in the library (see `lib.rs` for the map).
 
-fn main() -> std::process::ExitCode {
-    smtrain::cli::main()
+fn main() {
+    smtrain::cli::exit_now(smtrain::cli::main())
 }
