@@ -300,7 +300,6 @@ pub struct HostStep<'a> {
     labels: &'a [i64],
     params: HostBuf,
     grad_flat: HostBuf,
-    grads: Vec<Dense>,
     exchange: Option<Exchange<'a>>,
     bias_grads: Vec<HostBuf>,
     weight_grads: Vec<HostBuf>,
@@ -338,7 +337,6 @@ impl<'a> HostStep<'a> {
             labels,
             params: HostBuf::new(state.model.flat.shallow_clone()),
             grad_flat: HostBuf::new(grad_flat),
-            grads,
             exchange: group.map(|g| Exchange::new(g, &buf)),
             bias_grads,
             weight_grads,
@@ -413,6 +411,48 @@ impl HostStep<'_> {
         epoch: usize,
     ) -> (f32, i64) {
         let rows = idx.len();
+        let pos = self.load_batch(state, idx, (first, batch), epoch);
+        let b = &self.buffers[pos];
+        let last = self.sizes.len() - 2;
+        let mask = |i: usize| (self.cfg.dropout > 0.0).then(|| b.masks[i].as_slice());
+        // SAFETY (every `slice` below): as in `step`.
+        for i in 0..=last {
+            let out = if i == last { &b.logits } else { &b.hidden[i] };
+            self.layer_forward(i, b.input(i), out, rows);
+            if i < last {
+                unsafe { kernels::relu_dropout(out.slice(), mask(i)) };
+            }
+        }
+        let classes = self.sizes[last + 1];
+        let (loss, correct) =
+            unsafe { kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch) };
+
+        // Backward: the logits now hold their gradient.
+        for i in (0..=last).rev() {
+            let (delta, delta_t) =
+                if i == last { (&b.logits, &b.logits_t) } else { (&b.deltas[i], &b.deltas_t[i]) };
+            self.layer_gradients(i, delta, delta_t, b.input(i), rows);
+            if i > 0 {
+                let dx = &b.deltas[i - 1];
+                self.layer_input_gradient(i, delta, dx, rows);
+                unsafe {
+                    kernels::relu_dropout_backward(dx.slice(), b.hidden[i - 1].slice(), mask(i - 1))
+                };
+            }
+        }
+        (loss, correct)
+    }
+
+    /// Fills the buffers for `idx.len()` rows (made on first use) with the batch's inputs,
+    /// labels and dropout masks; returns their position in `buffers`.
+    fn load_batch(
+        &mut self,
+        state: &TrainState,
+        idx: &[i64],
+        (first, batch): (usize, usize),
+        epoch: usize,
+    ) -> usize {
+        let rows = idx.len();
         let pos = match self.buffers.iter().position(|b| b.rows == rows) {
             Some(pos) => pos,
             None => {
@@ -420,11 +460,8 @@ impl HostStep<'_> {
                 self.buffers.len() - 1
             }
         };
-        let b = &mut self.buffers[pos];
-        let sizes = &self.sizes;
-        let last = sizes.len() - 2;
-        let layers = &state.model.layers;
-        // SAFETY (every `slice` below): as in `step`.
+        let (b, sizes) = (&mut self.buffers[pos], &self.sizes);
+        // SAFETY: as in `step`.
         unsafe { kernels::gather_scaled(self.images, sizes[0], idx, 1.0 / 255.0, b.x.slice()) };
         for (dst, &i) in b.labels.iter_mut().zip(idx) {
             *dst = self.labels[i as usize];
@@ -440,74 +477,61 @@ impl HostStep<'_> {
                 }
             }
         }
-        let mask = |i: usize| (self.cfg.dropout > 0.0).then(|| b.masks[i].as_slice());
+        pos
+    }
 
-        // Forward.
-        for i in 0..=last {
-            let out = if i == last { &b.logits } else { &b.hidden[i] };
-            if small_layer(sizes, i, rows) {
-                let (w, bias) = (&self.weights[i], &self.biases[i]);
-                unsafe {
-                    kernels::linear(
-                        b.input(i).slice(),
-                        w.slice(),
-                        bias.slice(),
-                        sizes[i],
-                        out.slice(),
-                    )
-                };
-            } else {
-                // The bias rows written here and the product added onto them (MKL with beta 1)
-                // cost less than addmm's own broadcast copy.
-                let bias = unsafe { self.biases[i].slice() };
-                for row in unsafe { out.slice() }.chunks_exact_mut(sizes[i + 1]) {
-                    row.copy_from_slice(bias);
-                }
-                let _ = out.tensor.addmm_out(&out.tensor, &b.input(i).tensor, &self.weights_t[i]);
-            }
-            if i < last {
-                unsafe { kernels::relu_dropout(out.slice(), mask(i)) };
-            }
+    /// Layer `i`'s output before its activation, `out = x · wᵀ + b`.
+    fn layer_forward(&self, i: usize, x: &HostBuf, out: &HostBuf, rows: usize) {
+        let (k, bias) = (self.sizes[i], &self.biases[i]);
+        // SAFETY (each `slice`): as in `step`.
+        if small_layer(&self.sizes, i, rows) {
+            let w = &self.weights[i];
+            unsafe { kernels::linear(x.slice(), w.slice(), bias.slice(), k, out.slice()) };
+            return;
         }
-        let classes = sizes[last + 1];
-        let (loss, correct) =
-            unsafe { kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch) };
+        // Bias rows written here and the product added onto them (MKL with beta 1) cost less
+        // than addmm's own broadcast copy.
+        let bias = unsafe { bias.slice() };
+        for row in unsafe { out.slice() }.chunks_exact_mut(self.sizes[i + 1]) {
+            row.copy_from_slice(bias);
+        }
+        let _ = out.tensor.addmm_out(&out.tensor, &x.tensor, &self.weights_t[i]);
+    }
 
-        // Backward: the logits now hold their gradient.
-        for i in (0..=last).rev() {
-            let (delta, delta_t) =
-                if i == last { (&b.logits, &b.logits_t) } else { (&b.deltas[i], &b.deltas_t[i]) };
-            let small = small_layer(sizes, i, rows);
-            unsafe {
-                kernels::column_sums(delta.slice(), sizes[i + 1], self.bias_grads[i].slice())
-            };
-            if small {
-                let (x, gw) = (b.input(i), &self.weight_grads[i]);
-                unsafe { kernels::weight_grad(delta.slice(), x.slice(), sizes[i], gw.slice()) };
-            } else {
-                // Zeroed here and accumulated into (beta 1): MKL's own zeroing for beta 0 is
-                // slower than a memset.
-                let gw = &self.grads[i].weight;
-                unsafe { self.weight_grads[i].slice().fill(0.0) };
-                let _ = gw.addmm_out(gw, delta_t, &b.input(i).tensor);
-            }
-            if i > 0 {
-                if small {
-                    let (w, dx) = (&self.weights[i], &b.deltas[i - 1]);
-                    unsafe { kernels::input_grad(delta.slice(), w.slice(), sizes[i], dx.slice()) };
-                } else {
-                    let _ = delta.tensor.mm_out(&b.deltas[i - 1].tensor, &layers[i].weight);
-                }
-                unsafe {
-                    kernels::relu_dropout_backward(
-                        b.deltas[i - 1].slice(),
-                        b.hidden[i - 1].slice(),
-                        mask(i - 1),
-                    )
-                };
-            }
+    /// Layer `i`'s weight and bias gradients, from `delta` (the gradient at its output) and
+    /// its input `x`.
+    fn layer_gradients(
+        &self,
+        i: usize,
+        delta: &HostBuf,
+        delta_t: &Tensor,
+        x: &HostBuf,
+        rows: usize,
+    ) {
+        let (k, n) = (self.sizes[i], self.sizes[i + 1]);
+        let gw = &self.weight_grads[i];
+        // SAFETY (each `slice`): as in `step`.
+        unsafe { kernels::column_sums(delta.slice(), n, self.bias_grads[i].slice()) };
+        if small_layer(&self.sizes, i, rows) {
+            unsafe { kernels::weight_grad(delta.slice(), x.slice(), k, gw.slice()) };
+        } else {
+            // Zeroed here and accumulated onto (beta 1): MKL zeroes for beta 0 more slowly
+            // than memset.
+            unsafe { gw.slice().fill(0.0) };
+            let _ = gw.tensor.addmm_out(&gw.tensor, delta_t, &x.tensor);
         }
-        (loss, correct)
+    }
+
+    /// The gradient at layer `i`'s input, `dx = delta · w` (before the previous layer's
+    /// activation is undone).
+    fn layer_input_gradient(&self, i: usize, delta: &HostBuf, dx: &HostBuf, rows: usize) {
+        let w = &self.weights[i];
+        if small_layer(&self.sizes, i, rows) {
+            // SAFETY: as in `step`.
+            unsafe { kernels::input_grad(delta.slice(), w.slice(), self.sizes[i], dx.slice()) };
+        } else {
+            let _ = delta.tensor.mm_out(&dx.tensor, &w.tensor);
+        }
     }
 }
 
