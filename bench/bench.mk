@@ -10,6 +10,7 @@ BENCH_VENV := $(CACHE_DIR)/bench-venv
 BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_THREADS ?= 2
 BENCH_REPS ?= 3
+BENCH_BATCHES ?= 32,256
 
 $(BENCH_VENV)/.complete:
 	rm -rf "$(BENCH_VENV)"
@@ -22,7 +23,7 @@ bench: build $(BENCH_VENV)/.complete
 	cargo build --release --locked --benches
 	$(BENCH_PY) bench/run.py --bin "$(BIN)" --python "$(BENCH_PY)" \
 	  --gemm "cargo bench --locked --bench gemm -- THREADS BATCH" \
-	  --threads $(BENCH_THREADS) --reps $(BENCH_REPS)
+	  --threads $(BENCH_THREADS) --reps $(BENCH_REPS) --batches $(BENCH_BATCHES)
 
 # Where one step's time goes, phase by phase (one thread, CPU time).
 bench-step: setup
