@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::artifacts::write_atomic;
 use crate::config::KEYS;
@@ -41,25 +41,47 @@ pub struct Cli {
     #[arg(long, global = true, env = "SAGEMAKER_BASE_DIR", default_value = DEFAULT_BASE_DIR)]
     base_dir: PathBuf,
 
+    /// Training's options, also accepted without the `train` subcommand.
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// Options of training only: before or after `train`, and not offered by `predict`.
+#[derive(Debug, Default, clap::Args)]
+struct TrainArgs {
     /// A channel from S3 or a local folder, e.g. train=s3://bucket/prefix/ or
     /// test=/data/test (repeatable). Adds to, or replaces, inputdataconfig.json's channels; S3
     /// objects are downloaded into input/data/<NAME>/ before training.
-    #[arg(long = "channel", value_name = "NAME=URI", global = true)]
+    #[arg(long = "channel", value_name = "NAME=URI")]
     channels: Vec<ChannelArg>,
 
     /// Upload model.tar.gz and output.tar.gz (after success) or the failure reason (after a
     /// failure) to s3://BUCKET/PREFIX/<job-name>/output/.
-    #[arg(long, value_name = "s3://BUCKET/PREFIX", global = true)]
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
     output: Option<S3Uri>,
+}
+
+impl TrainArgs {
+    /// Those given before the subcommand, then those after it (the later `--output` wins).
+    fn then(mut self, later: TrainArgs) -> TrainArgs {
+        self.channels.extend(later.channels);
+        TrainArgs { channels: self.channels, output: later.output.or(self.output) }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train (the default; SageMaker runs `IMAGE train`).
-    Train,
+    Train(TrainArgs),
     /// Classify images with a trained model: one JSON line per image on stdout.
     #[command(after_long_help = predict::HELP)]
     Predict(PredictArgs),
+}
+
+impl Default for Command {
+    fn default() -> Self {
+        Command::Train(TrainArgs::default())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -174,10 +196,19 @@ pub fn main() -> u8 {
     let cli = Cli::parse();
     init_logging();
     let paths = Paths::new(&cli.base_dir);
-    match cli.command.unwrap_or(Command::Train) {
-        Command::Train => {
-            let opts = job::Options { channels: cli.channels };
-            run_train(&paths, &opts, cli.output.as_ref())
+    match cli.command.unwrap_or_default() {
+        Command::Train(after) => {
+            let args = cli.train.then(after);
+            let opts = job::Options { channels: args.channels };
+            run_train(&paths, &opts, args.output.as_ref())
+        }
+        Command::Predict(_) if !cli.train.channels.is_empty() || cli.train.output.is_some() => {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--channel and --output are training options; predict takes neither",
+                )
+                .exit()
         }
         Command::Predict(args) => {
             let opts = predict::Options {

@@ -43,3 +43,38 @@ fn a_rerun_clears_the_previous_verdict() {
     assert!(job.failure().is_none());
     assert!(job.succeeded());
 }
+
+/// `--channel` and `--output` belong to training: given before `train`, or with no subcommand at
+/// all, they work as after it; `predict` neither lists nor takes them.
+#[test]
+fn training_options_go_before_or_after_train_and_never_to_predict() {
+    let (train, test) = (crate::util::fixture("train"), crate::util::fixture("test"));
+    for subcommand in [&[][..], &["train"][..]] {
+        let job = Job::new();
+        job.hyperparameters(&[("epochs", "1")]);
+        let out = std::process::Command::new(BIN)
+            .args(["--base-dir", job.base().to_str().unwrap()])
+            .arg(format!("--channel=train={}", train.display()))
+            .arg(format!("--channel=test={}", test.display()))
+            .args(subcommand)
+            .env("OMP_NUM_THREADS", "1")
+            .env_remove("SAGEMAKER_BASE_DIR")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{subcommand:?}: {stderr}");
+        assert!(!stderr.contains("installed Fashion-MNIST"), "{subcommand:?}: channels ignored");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("metrics: test_loss="));
+    }
+
+    let help = std::process::Command::new(BIN).args(["predict", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("--model") && !help.contains("--channel") && !help.contains("--output"));
+    let out = std::process::Command::new(BIN)
+        .args(["--output", "s3://bucket/prefix", "predict", "image.png"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--channel and --output are training options"), "{stderr}");
+}
