@@ -12,9 +12,9 @@
 //! | [`distributed`]| multi-host jobs: rank from `resourceconfig.json`, c10d rendezvous, all-reduce |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
-//! | [`native`]    | the C++ shim: ATen kernels tch does not bind (fused Adam); c10d in `native/dist.cpp` |
+//! | [`native`]    | the C++ shim: what tch does not bind (fused Adam, libtorch's thread pool); c10d in `native/dist.cpp` |
 //! | [`step`]      | one optimizer step: libtorch ops on any device, or the CPU fast path |
-//! | [`kernels`]   | the fast path's small parts as Rust loops (softmax-CE, ReLU, Adam)   |
+//! | [`kernels`]   | the fast path's Rust loops (small layers, softmax-CE, ReLU, Adam) |
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
 //! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
 //! | [`metrics`]   | metric lines for SageMaker's regexes; `metrics.json`                  |
