@@ -100,13 +100,19 @@ pub fn for_device<'a>(
 /// count, and the ranks' stop votes.
 const TAIL: i64 = 3;
 
-/// One buffer holding the gradients and the [`TAIL`], so a multi-host step exchanges
-/// everything with one all-reduce; and the gradients as a view of it.
-fn exchange_buffer(params: &Tensor) -> (Tensor, Tensor) {
+/// Where a step leaves its gradients: one buffer holding them and the [`TAIL`], so that a
+/// multi-host step exchanges everything with one all-reduce (with a `group`, the returned
+/// [`Exchange`] does); the gradients as a flat view of it, and as each layer's views.
+fn gradient_buffers<'a>(
+    state: &TrainState,
+    group: Option<&'a Group>,
+) -> (Tensor, Vec<Dense>, Option<Exchange<'a>>) {
+    let params = &state.model.flat;
     let n = params.numel() as i64;
     let buf = Tensor::zeros([n + TAIL], (Kind::Float, params.device()));
-    let grads = buf.narrow(0, 0, n);
-    (buf, grads)
+    let grad_flat = buf.narrow(0, 0, n);
+    let grads = dense_views(&grad_flat, state.model.sizes());
+    (grad_flat, grads, group.map(|g| Exchange::new(g, &buf)))
 }
 
 /// A multi-host step's side of the bargain: which rows of each batch are this rank's, and the
@@ -173,9 +179,7 @@ impl<'a> TensorStep<'a> {
         state: &TrainState,
         group: Option<&'a Group>,
     ) -> Self {
-        let (buf, grad_flat) = exchange_buffer(&state.model.flat);
-        let grads = dense_views(&grad_flat, state.model.sizes());
-        let exchange = group.map(|g| Exchange::new(g, &buf));
+        let (grad_flat, grads, exchange) = gradient_buffers(state, group);
         Self { cfg, data, grad_flat, grads, exchange }
     }
 }
@@ -320,8 +324,7 @@ impl<'a> HostStep<'a> {
         group: Option<&'a Group>,
     ) -> Self {
         let sizes = state.model.sizes().to_vec();
-        let (buf, grad_flat) = exchange_buffer(&state.model.flat);
-        let grads = dense_views(&grad_flat, &sizes);
+        let (grad_flat, grads, exchange) = gradient_buffers(state, group);
         let views =
             |ts: Vec<&Tensor>| ts.into_iter().map(|t| HostBuf::new(t.shallow_clone())).collect();
         let layers = &state.model.layers;
@@ -337,7 +340,7 @@ impl<'a> HostStep<'a> {
             labels,
             params: HostBuf::new(state.model.flat.shallow_clone()),
             grad_flat: HostBuf::new(grad_flat),
-            exchange: group.map(|g| Exchange::new(g, &buf)),
+            exchange,
             bias_grads,
             weight_grads,
             weights: views(layers.iter().map(|l| &l.weight).collect()),
