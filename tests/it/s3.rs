@@ -561,6 +561,16 @@ fn moto_with_user(statements: serde_json::Value) -> Option<(Server, Keys)> {
     Some((s, user))
 }
 
+/// A one-epoch job reading the fixture's train channel from `s` with `user`'s keys; the
+/// command takes further arguments.
+fn job_as(s: &Server, user: &Keys) -> (Job, Command) {
+    let job = Job::new();
+    job.hyperparameters(&[("epochs", "1")]);
+    let mut cmd = command(&job, Some(s));
+    cmd.envs(user.env()).args(["--channel", "train=s3://datasets/fashion/train/"]);
+    (job, cmd)
+}
+
 fn allow(action: &str, resource: &str) -> serde_json::Value {
     json!({"Effect": "Allow", "Action": action, "Resource": resource})
 }
@@ -574,10 +584,8 @@ fn denied_listing_fails_before_training_with_the_code_and_a_hint() {
     else {
         return;
     };
-    let job = Job::new();
-    let r = run(command(&job, Some(&s))
-        .envs(user.env())
-        .args(["--channel", "train=s3://datasets/fashion/train/"]));
+    let (job, mut cmd) = job_as(&s, &user);
+    let r = run(&mut cmd);
     fails_before_training(
         &job,
         &r,
@@ -596,10 +604,8 @@ fn denied_download_fails_before_training_naming_the_object() {
     else {
         return;
     };
-    let job = Job::new();
-    let r = run(command(&job, Some(&s))
-        .envs(user.env())
-        .args(["--channel", "train=s3://datasets/fashion/train/"]));
+    let (job, mut cmd) = job_as(&s, &user);
+    let r = run(&mut cmd);
     let failure = client_error(&job, &r, &["AccessDenied (HTTP 403)"]);
     // The object named, and the permission it needs on that object's ARN.
     assert!(
@@ -630,11 +636,8 @@ fn denied_upload_fails_the_job_naming_the_object() {
     ])) else {
         return;
     };
-    let job = Job::new();
-    job.hyperparameters(&[("epochs", "1")]);
-    let r = run(command(&job, Some(&s))
-        .envs(user.env())
-        .args(["--channel", "train=s3://datasets/fashion/train/"])
+    let (job, mut cmd) = job_as(&s, &user);
+    let r = run(cmd
         .args(["--channel", "test=s3://datasets/fashion/test/"])
         .args(["--output", "s3://artifacts/runs/"])
         .env("TRAINING_JOB_NAME", "denied-upload"));
@@ -665,14 +668,10 @@ fn output_prefix_that_cannot_be_listed_only_warns() {
     ])) else {
         return;
     };
-    let job = Job::new();
-    job.hyperparameters(&[("epochs", "1")]);
-    let r = run(command(&job, Some(&s))
-        .envs(user.env())
-        .args(["--channel", "train=s3://datasets/fashion/train/"])
-        .args(["--output", "s3://artifacts/runs/"])
-        .env("TRAINING_JOB_NAME", "write-only"))
-    .ok();
+    let (_job, mut cmd) = job_as(&s, &user);
+    let r =
+        run(cmd.args(["--output", "s3://artifacts/runs/"]).env("TRAINING_JOB_NAME", "write-only"))
+            .ok();
     assert!(r.stderr().contains("cannot list the output prefix (AccessDenied)"), "{}", r.stderr());
     assert_eq!(
         s.keys("artifacts", ""),
