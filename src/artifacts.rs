@@ -11,12 +11,17 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
+use crate::files;
 use crate::metrics::Metrics;
 use crate::model::{self, Mlp};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MODEL_FILE: &str = "model.json";
 pub const METRICS_FILE: &str = "metrics.json";
+/// Every file of the model folder.
+pub const MODEL_DIR_FILES: [&str; 3] = [WEIGHTS_FILE, MODEL_FILE, METRICS_FILE];
+/// The largest `model.json` read.
+pub const MAX_CARD: u64 = 16 << 20;
 /// Bumped when `model.json`'s meaning changes.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -112,7 +117,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()
     };
-    write().with_context(|| format!("writing {}", tmp.display()))?;
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
     commit(&tmp, path)
 }
 
@@ -123,8 +131,10 @@ fn temp_name(path: &Path) -> PathBuf {
 
 /// Renames a finished temporary file into place and syncs the folder.
 fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    fs::rename(tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Err(e) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
+        return Err(e).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()));
+    }
     if let Some(dir) = path.parent() {
         File::open(dir).and_then(|d| d.sync_all()).ok();
     }
@@ -139,26 +149,52 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 
 /// Writes the whole model folder. Weights first and metrics last, so a folder with
 /// `metrics.json` is a complete one.
+/// On failure, none of the three files is left: a folder with only some of them would still
+/// load in `predict`.
 pub fn write_model_dir(dir: &Path, model: &Mlp, card: &ModelCard, metrics: &Metrics) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    let tmp = temp_name(&weights);
-    let cpu: Vec<(String, Tensor)> =
-        model.named().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect();
-    Tensor::write_safetensors(&cpu, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).ok();
-    commit(&tmp, &weights)?;
-    write_json(&dir.join(MODEL_FILE), card)?;
-    write_json(&dir.join(METRICS_FILE), metrics)
+    let result = (|| {
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = temp_name(&weights);
+        let cpu: Vec<(String, Tensor)> =
+            model.named().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect();
+        if let Err(e) = Tensor::write_safetensors(&cpu, &tmp) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", tmp.display()));
+        }
+        File::open(&tmp).and_then(|f| f.sync_all()).ok();
+        commit(&tmp, &weights)?;
+        write_json(&dir.join(MODEL_FILE), card)?;
+        write_json(&dir.join(METRICS_FILE), metrics)
+    })();
+    if result.is_err() {
+        remove_ours(dir, &MODEL_DIR_FILES);
+    }
+    result
+}
+
+/// Removes `names` from `dir`, and the temporary files [`write_atomic`] makes for them (of any
+/// process: one that was killed leaves its own behind).
+pub fn remove_ours(dir: &Path, names: &[&str]) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = names
+            .iter()
+            .any(|n| name == *n || (name.starts_with(&format!(".{n}.")) && name.ends_with(".tmp")));
+        if ours && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Loads a model folder written by [`write_model_dir`].
 pub fn load_model_dir(dir: &Path, device: Device) -> Result<(Mlp, ModelCard)> {
     let card_path = dir.join(MODEL_FILE);
-    let card: ModelCard = serde_json::from_slice(
-        &fs::read(&card_path).with_context(|| format!("reading {}", card_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", card_path.display()))?;
+    let card: ModelCard = serde_json::from_slice(&files::read_limited(&card_path, MAX_CARD)?)
+        .with_context(|| format!("parsing {}", card_path.display()))?;
     if card.format_version != FORMAT_VERSION {
         bail!(
             "{}: format_version {} is not {FORMAT_VERSION}, which this trainer reads",
@@ -167,6 +203,26 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<(Mlp, ModelCard)> {
         );
     }
     let weights = dir.join(WEIGHTS_FILE);
+    let expected = model::param_count_checked(&card.architecture.layer_sizes)
+        .and_then(|n| n.checked_mul(4))
+        .with_context(|| {
+            format!(
+                "{}: layer_sizes {:?} are not a model this program can hold",
+                card_path.display(),
+                card.architecture.layer_sizes
+            )
+        })?;
+    // The weights file is the tensors plus a small JSON header: a file far from the size the
+    // card implies is refused before libtorch reads it or we allocate for it.
+    let len = files::open_regular(&weights)?.metadata()?.len();
+    if (len as u128) < expected as u128 || len as u128 > expected as u128 + MAX_CARD as u128 {
+        bail!(
+            "{}: {len} bytes, but {MODEL_FILE}'s layer_sizes {:?} need {expected} bytes of \
+             float32 weights",
+            weights.display(),
+            card.architecture.layer_sizes
+        );
+    }
     let named = Tensor::read_safetensors(&weights)
         .with_context(|| format!("reading {}", weights.display()))?;
     let model = Mlp::from_named(&card.architecture.layer_sizes, &named, device)

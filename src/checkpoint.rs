@@ -333,7 +333,7 @@ fn read(
         len <= limit,
         "{len} bytes, more than the {limit} a checkpoint of this model can take"
     );
-    parse(&std::fs::read(path)?, sizes, samples, device)
+    parse(&crate::files::read_limited(path, limit)?, sizes, samples, device)
 }
 
 /// Verifies a checkpoint's bytes: format, dtypes, shapes, checksum.

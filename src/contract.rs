@@ -6,14 +6,16 @@
 //! Parsing is lenient where SageMaker's files vary (unknown keys are ignored) and strict where a
 //! wrong value would change what we do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde::de::DeserializeOwned;
+use anyhow::Result;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::user;
+use crate::files;
 
 /// The default base of the contract.
 pub const DEFAULT_BASE_DIR: &str = "/opt/ml";
@@ -90,6 +92,9 @@ pub struct ChannelSpec {
     pub distribution: Option<String>,
     #[serde(rename = "ContentType")]
     pub content_type: Option<String>,
+    /// `None` or `RecordIO`; RecordIO framing is not read by this trainer.
+    #[serde(rename = "RecordWrapperType")]
+    pub record_wrapper: Option<String>,
 }
 
 impl ChannelSpec {
@@ -191,18 +196,71 @@ impl JobFiles {
     }
 }
 
-/// Reads a JSON file; a missing file is `None`, a malformed one a user error naming it.
+/// Reads a JSON file; a missing file is `None`, a malformed one (or one that is not a regular
+/// file, or too large) a user error naming it.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(bytes) = files::read_optional(path, files::MAX_CONFIG)? else {
+        return Ok(None);
     };
-    parse_json(&text).map(Some).map_err(|e| user(format!("{}: {e}", path.display())))
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| user(format!("{}: is not UTF-8 text ({e})", path.display())))?;
+    parse_json(text).map(Some).map_err(|e| user(format!("{}: {e}", path.display())))
 }
 
+/// Parses JSON, refusing objects that name a key twice: serde_json would silently keep the
+/// last, so `{"epochs": "5", "epochs": "500"}` would train with a value nobody may have meant.
 fn parse_json<T: DeserializeOwned>(text: &str) -> std::result::Result<T, serde_json::Error> {
+    serde_json::from_str::<NoDuplicateKeys>(text)?;
     serde_json::from_str(text)
+}
+
+/// Any JSON value in which no object names a key twice.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format!("key {key:?} appears twice")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 /// Reads `hyperparameters.json` into a map of strings.
@@ -285,5 +343,16 @@ mod tests {
         let err = read_hyperparameters(&path).unwrap_err();
         assert!(crate::error::is_user_error(&err));
         assert!(err.to_string().contains("hp.json"), "{err}");
+    }
+
+    #[test]
+    fn a_key_named_twice_is_refused_at_any_depth() {
+        let e = parse_json::<serde_json::Value>(r#"{"epochs": "5", "epochs": "500"}"#);
+        assert!(e.unwrap_err().to_string().contains("key \"epochs\" appears twice"));
+        let nested = r#"{"train": {"TrainingInputMode": "File", "TrainingInputMode": "Pipe"}}"#;
+        let e = parse_json::<InputDataConfig>(nested).unwrap_err().to_string();
+        assert!(e.contains("\"TrainingInputMode\" appears twice"), "{e}");
+        let ok = r#"{"a": [{"x": 1}, {"x": 2}], "b": {"x": null}}"#;
+        assert!(parse_json::<serde_json::Value>(ok).is_ok());
     }
 }

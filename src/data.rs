@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 
 use crate::error::user;
-use crate::inflate;
+use crate::{files, inflate};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The largest payload we accept from one file (16 GiB): far above any real IDX file, far below
@@ -105,8 +105,7 @@ pub struct IdxFile {
 }
 
 fn open(path: &Path) -> Result<Box<dyn Read>> {
-    let mut file =
-        BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let mut file = BufReader::new(File::open(path).map_err(|e| files::io_error(path, e))?);
     let mut magic = [0u8; 2];
     let n =
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
@@ -156,7 +155,7 @@ pub fn peek_header(path: &Path) -> Result<std::result::Result<IdxKind, String>> 
 
 /// Reads and checks a whole IDX file.
 pub fn read_idx(path: &Path) -> Result<IdxFile> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = File::open(path).map_err(|e| files::io_error(path, e))?;
     let mut magic = [0u8; 2];
     let n =
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
@@ -376,8 +375,7 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
             tracing::debug!(path = %path.display(), "skipping hidden file");
             continue;
         }
-        let meta =
-            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta = std::fs::metadata(&path).map_err(|e| files::io_error(&path, e))?;
         if meta.is_dir() {
             walk(&path, depth + 1, out)?;
         } else if meta.is_file() {
@@ -410,7 +408,7 @@ pub fn load_channel(channel: &str, dir: &Path, num_classes: usize) -> Result<Dat
             if v.is_empty() {
                 "none".to_string()
             } else {
-                v.iter().map(|p| rel(p, dir)).collect::<Vec<_>>().join(", ")
+                some_of(v.iter().map(|p| rel(p, dir)).collect())
             }
         };
         let mut msg = format!(
@@ -421,7 +419,7 @@ pub fn load_channel(channel: &str, dir: &Path, num_classes: usize) -> Result<Dat
             list(&labels)
         );
         if !other.is_empty() {
-            msg.push_str(&format!("; other files: {}", other.join(", ")));
+            msg.push_str(&format!("; other files: {}", some_of(other)));
         }
         return Err(user(msg));
     }
@@ -436,6 +434,18 @@ pub fn load_pair(images: &Path, labels: &Path, num_classes: usize) -> Result<Dat
         (img.join().expect("IDX reader panicked"), lab)
     });
     Dataset::from_files(img?, lab?, num_classes)
+}
+
+/// The first few of `items`, and how many more: a channel of 20,000 stray files must not make
+/// a failure reason of megabytes.
+fn some_of(items: Vec<String>) -> String {
+    const SHOWN: usize = 5;
+    let more = items.len().saturating_sub(SHOWN);
+    let mut text = items.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
 }
 
 fn rel(path: &Path, base: &Path) -> String {

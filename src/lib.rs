@@ -5,6 +5,7 @@
 //! | module        | what it does                                                         |
 //! |---------------|----------------------------------------------------------------------|
 //! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
+//! | [`files`]     | reading input files: regular files only, never more than they can hold |
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`]           |
 //! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
 //! | [`inflate`]   | gzip in one go with libdeflate: `data`'s fast path                   |
@@ -39,6 +40,7 @@ pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod evaluation;
+pub mod files;
 pub mod inflate;
 pub mod job;
 pub mod kernels;

@@ -34,6 +34,16 @@ pub fn param_count(sizes: &[usize]) -> usize {
     sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
 }
 
+/// [`param_count`] for sizes read from a file: `None` on overflow or fewer than two layers.
+pub fn param_count_checked(sizes: &[usize]) -> Option<usize> {
+    if sizes.len() < 2 || sizes.contains(&0) {
+        return None;
+    }
+    sizes
+        .windows(2)
+        .try_fold(0usize, |n, w| n.checked_add(w[0].checked_mul(w[1])?.checked_add(w[1])?))
+}
+
 /// Cuts a flat buffer into per-layer weight and bias views.
 pub fn dense_views(flat: &Tensor, sizes: &[usize]) -> Vec<Dense> {
     let mut offset = 0i64;
@@ -95,28 +105,37 @@ impl Mlp {
 
     /// Rebuilds a model from named tensors (as read from safetensors), checking every shape.
     pub fn from_named(sizes: &[usize], named: &[(String, Tensor)], device: Device) -> Result<Self> {
-        let flat = Tensor::zeros([param_count(sizes) as i64], (Kind::Float, device));
-        let model = Self::from_flat(sizes, flat);
-        for ((wname, bname), layer) in tensor_names(model.layers.len()).iter().zip(&model.layers) {
-            for (name, dst) in [(wname, &layer.weight), (bname, &layer.bias)] {
-                let src = named
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, t)| t)
-                    .with_context(|| format!("tensor {name} is missing"))?;
-                if src.size() != dst.size() || src.kind() != Kind::Float {
+        // Every shape is checked before the model is allocated: the sizes come from a file.
+        let layers = sizes.len().saturating_sub(1);
+        let find = |name: &str| {
+            named
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .with_context(|| format!("tensor {name} is missing"))
+        };
+        for (i, (wname, bname)) in tensor_names(layers).iter().enumerate() {
+            let (inputs, outputs) = (sizes[i] as i64, sizes[i + 1] as i64);
+            for (name, want) in [(wname, vec![outputs, inputs]), (bname, vec![outputs])] {
+                let src = find(name)?;
+                if src.size() != want || src.kind() != Kind::Float {
                     bail!(
-                        "tensor {name} has shape {:?} ({:?}), expected {:?} (Float)",
+                        "tensor {name} has shape {:?} ({:?}), expected {want:?} (Float)",
                         src.size(),
                         src.kind(),
-                        dst.size()
                     );
                 }
-                dst.shallow_clone().copy_(src);
             }
         }
-        if named.len() != 2 * model.layers.len() {
-            bail!("file holds {} tensors, expected {}", named.len(), 2 * model.layers.len());
+        if named.len() != 2 * layers {
+            bail!("file holds {} tensors, expected {}", named.len(), 2 * layers);
+        }
+        let flat = Tensor::zeros([param_count(sizes) as i64], (Kind::Float, device));
+        let model = Self::from_flat(sizes, flat);
+        for ((wname, bname), layer) in tensor_names(layers).iter().zip(&model.layers) {
+            for (name, dst) in [(wname, &layer.weight), (bname, &layer.bias)] {
+                dst.shallow_clone().copy_(find(name)?);
+            }
         }
         Ok(model)
     }

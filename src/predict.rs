@@ -19,9 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::{Device, Tensor};
 
-use crate::artifacts::{self, ModelCard, MODEL_FILE, WEIGHTS_FILE};
+use crate::artifacts::{self, ModelCard, MAX_CARD, MODEL_FILE, WEIGHTS_FILE};
 use crate::data::{self, IdxKind};
 use crate::evaluation::{self, Predictions};
+use crate::files;
 use crate::model::Mlp;
 
 /// Every input was classified.
@@ -56,8 +57,7 @@ EXIT CODES: 0 every image classified; 1 some files could not be classified (the 
 
 /// The largest PNG or JPEG file read (a 28×28 image is a few hundred bytes).
 const MAX_IMAGE_FILE: u64 = 64 << 20;
-/// The largest `model.json` and `model.safetensors` taken from an archive.
-const MAX_CARD: u64 = 16 << 20;
+/// The largest `model.safetensors` taken from an archive (`model.json`'s is `MAX_CARD`).
 const MAX_WEIGHTS: u64 = 4 << 30;
 
 const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
@@ -129,7 +129,7 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
     };
     let [rows, cols] = card.input.shape;
     let features = model.sizes()[0];
-    if rows * cols != features {
+    if rows.checked_mul(cols) != Some(features) {
         bail!("{MODEL_FILE}: input shape {rows}x{cols} does not match the first layer's {features} inputs");
     }
     let classes = *model.sizes().last().expect("a model has layers");
@@ -145,7 +145,7 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
 /// whole, as are the two files when they are links or larger than any real model.
 pub fn extract_model(archive: &Path, dir: &Path) -> Result<()> {
     let what = || format!("model archive {}", archive.display());
-    let mut file = File::open(archive).with_context(what)?;
+    let mut file = files::open_regular(archive).with_context(what)?;
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic).with_context(what)?;
     let head = io::Cursor::new(magic[..n].to_vec()).chain(file);
@@ -238,10 +238,10 @@ pub fn read_images(
     if meta.is_dir() {
         return Err("is a folder, not an image file".into());
     }
+    // A FIFO would block and a device never end: only regular files are read.
+    let mut file = files::open_regular(path).map_err(|e| strip_path(path, &e))?;
     let mut head = [0u8; 8];
-    let n = File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("cannot be read: {}", io_reason(&e)))?;
+    let n = file.read(&mut head).map_err(|e| format!("cannot be read: {}", io_reason(&e)))?;
     let head = &head[..n];
     if head.starts_with(&PNG_MAGIC) || head.starts_with(&JPEG_MAGIC) {
         Ok(Images { pixels: read_picture(path, meta.len(), (rows, cols))?, idx: false })
@@ -258,6 +258,13 @@ pub fn read_images(
     }
 }
 
+/// An error about `path` in words, without the path (the caller names the file).
+fn strip_path(path: &Path, e: &anyhow::Error) -> String {
+    let msg = format!("{e:#}");
+    let prefix = format!("{}: ", path.display());
+    msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg)
+}
+
 fn io_reason(e: &io::Error) -> String {
     // "No such file or directory (os error 2)" without the number.
     let s = e.to_string();
@@ -269,11 +276,7 @@ fn read_idx_images(
     (rows, cols): (usize, usize),
 ) -> std::result::Result<Vec<u8>, String> {
     // read_idx's errors name the file; the caller names it too.
-    let idx = data::read_idx(path).map_err(|e| {
-        let msg = format!("{e:#}");
-        let prefix = format!("{}: ", path.display());
-        msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg)
-    })?;
+    let idx = data::read_idx(path).map_err(|e| strip_path(path, &e))?;
     match idx.kind {
         IdxKind::Images { rows: r, cols: c, .. } if (r, c) == (rows, cols) => Ok(idx.data),
         IdxKind::Images { count, rows: r, cols: c } => {
@@ -302,7 +305,7 @@ fn read_picture(
     if len > MAX_IMAGE_FILE {
         return Err(format!("is {len} bytes, over the {MAX_IMAGE_FILE}-byte limit for an image"));
     }
-    let bytes = fs::read(path).map_err(|e| format!("cannot be read: {}", io_reason(&e)))?;
+    let bytes = files::read_limited(path, MAX_IMAGE_FILE).map_err(|e| strip_path(path, &e))?;
     if bytes.starts_with(&PNG_MAGIC) {
         read_png(&bytes, (rows, cols))
     } else {
@@ -421,8 +424,10 @@ pub fn main(opts: &Options, out_file: Option<&Path>) -> u8 {
     let result = match out_file {
         Some(path) => {
             let mut buf = Vec::new();
-            run(opts, &loaded, &mut buf, &mut err)
-                .and_then(|s| artifacts::write_atomic(path, &buf).map(|()| s))
+            run(opts, &loaded, &mut buf, &mut err).and_then(|s| {
+                write_out(path, &buf).with_context(|| format!("-o {}", path.display()))?;
+                Ok(s)
+            })
         }
         None => {
             let stdout = io::stdout();
@@ -455,6 +460,33 @@ pub fn main(opts: &Options, out_file: Option<&Path>) -> u8 {
             EXIT_FAILED
         }
     }
+}
+
+/// Writes `-o`'s file: a regular file (or a link's target) by temporary name and rename, so a
+/// reader never sees half of it; into a device or FIFO as it is, since replacing `/dev/null`
+/// or a pipe with a regular file would break whatever else uses it.
+fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("is a folder; name a file to write the lines to"),
+        Ok(m) if !m.is_file() => {
+            let mut f = fs::OpenOptions::new().write(true).open(path)?;
+            f.write_all(bytes)?;
+            return Ok(f.flush()?);
+        }
+        _ => {}
+    }
+    // A link is kept and its target replaced, as a shell's `>` would write through it.
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
+            Ok(t) => t,
+            Err(_) => {
+                let link = fs::read_link(path)?;
+                path.parent().unwrap_or(Path::new(".")).join(link)
+            }
+        },
+        _ => path.to_path_buf(),
+    };
+    artifacts::write_atomic(&target, bytes)
 }
 
 fn broken_pipe(e: &anyhow::Error) -> bool {

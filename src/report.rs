@@ -23,6 +23,9 @@ pub const PREDICTIONS_PNG: &str = "predictions.png";
 pub const CONFUSION_PNG: &str = "confusion.png";
 pub const TRAINING_PNG: &str = "training.png";
 pub const SAMPLES_PNG: &str = "samples.png";
+/// Every file this module may write.
+pub const FILES: [&str; 5] =
+    [EVALUATION_FILE, PREDICTIONS_PNG, CONFUSION_PNG, TRAINING_PNG, SAMPLES_PNG];
 
 /// What the report is made from: the finished job's model, data and metrics.
 pub struct Inputs<'a> {
