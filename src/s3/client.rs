@@ -3,10 +3,13 @@
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
+use std::time::Duration;
 
 use anyhow::Result;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
 use aws_types::service_config::ServiceConfigKey;
@@ -25,6 +28,9 @@ pub struct TransferOptions {
     pub multipart_threshold: u64,
     /// Size of those parts and ranges (S3 needs at least 5 MiB for every part but the last).
     pub part_size: u64,
+    /// How long a request may go unanswered, or a transfer make no progress, before the attempt
+    /// is abandoned (and retried): a server that stops answering must not hang the job.
+    pub stall_timeout: Duration,
 }
 
 /// S3's smallest part, except for the last one.
@@ -34,7 +40,12 @@ pub const MAX_PARTS: u64 = 10_000;
 
 impl Default for TransferOptions {
     fn default() -> Self {
-        Self { concurrency: 16, multipart_threshold: 16 << 20, part_size: 8 << 20 }
+        Self {
+            concurrency: 16,
+            multipart_threshold: 16 << 20,
+            part_size: 8 << 20,
+            stall_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -42,6 +53,7 @@ impl TransferOptions {
     pub const ENV_CONCURRENCY: &'static str = "SMTRAIN_S3_CONCURRENCY";
     pub const ENV_THRESHOLD: &'static str = "SMTRAIN_S3_MULTIPART_THRESHOLD";
     pub const ENV_PART_SIZE: &'static str = "SMTRAIN_S3_PART_SIZE";
+    pub const ENV_STALL_TIMEOUT: &'static str = "SMTRAIN_S3_STALL_TIMEOUT";
 
     /// Defaults, overridden by the environment; a malformed value is a user error.
     pub fn from_env() -> Result<Self> {
@@ -73,6 +85,18 @@ impl TransferOptions {
                 Err(e) => return Err(bad(Self::ENV_PART_SIZE, &v, e)),
             };
         }
+        if let Some(v) = get(Self::ENV_STALL_TIMEOUT) {
+            o.stall_timeout = match v.trim().parse::<u64>() {
+                Ok(n) if (1..=3600).contains(&n) => Duration::from_secs(n),
+                _ => {
+                    return Err(bad(
+                        Self::ENV_STALL_TIMEOUT,
+                        &v,
+                        "expected 1 to 3600 seconds".into(),
+                    ))
+                }
+            };
+        }
         Ok(o)
     }
 
@@ -95,8 +119,12 @@ impl S3 {
     /// (environment, profile files, container credentials, instance metadata) and checks the
     /// two things every request needs, so their absence fails with a hint rather than later.
     pub async fn from_env(opts: TransferOptions) -> Result<Self> {
-        let sdk =
-            aws_config::defaults(BehaviorVersion::latest()).http_client(http_client()).load().await;
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
+            .timeout_config(timeouts(&opts))
+            .stalled_stream_protection(stall_protection(&opts))
+            .load()
+            .await;
         if sdk.region().is_none() {
             return Err(user(
                 "S3: no AWS region is configured; set AWS_REGION (or `region` in the AWS \
@@ -138,6 +166,7 @@ impl S3 {
             concurrency = opts.concurrency,
             multipart_threshold = %human_bytes(opts.multipart_threshold),
             part_size = %human_bytes(opts.part_size),
+            stall_timeout_s = opts.stall_timeout.as_secs(),
             "S3 client"
         );
         Ok(Self { client: aws_sdk_s3::Client::from_conf(conf.build()), opts })
@@ -161,9 +190,25 @@ impl S3 {
             .credentials_provider(creds)
             .endpoint_url(endpoint)
             .force_path_style(true)
+            .timeout_config(timeouts(&opts))
+            .stalled_stream_protection(stall_protection(&opts))
             .build();
         Self { client: aws_sdk_s3::Client::from_conf(conf), opts }
     }
+}
+
+/// A connection that does not open, or a request whose answer does not begin, within the stall
+/// timeout fails that attempt; the SDK's standard retries (three attempts) follow.
+fn timeouts(opts: &TransferOptions) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(opts.stall_timeout)
+        .read_timeout(opts.stall_timeout)
+        .build()
+}
+
+/// A body, up or down, that moves no byte for the stall timeout is broken off.
+fn stall_protection(opts: &TransferOptions) -> StalledStreamProtectionConfig {
+    StalledStreamProtectionConfig::enabled().grace_period(opts.stall_timeout).build()
 }
 
 /// Hyper with rustls on ring: the one TLS stack built in (see Cargo.toml).

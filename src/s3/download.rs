@@ -186,6 +186,24 @@ async fn download(s3: &S3, plan: Plan, stop: &AtomicBool) -> Result<Transferred>
     }
 }
 
+/// Removes the staging folders (`.<channel>.download-<pid>`) that a killed run left in
+/// `data_dir`. Only safe while this process holds the base folder's lock: then no other run
+/// can be filling one.
+pub fn remove_stale_staging(data_dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(data_dir) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            && name.contains(".download-")
+            && remove_if_exists(&e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -343,7 +361,16 @@ async fn fetch_piece(s3: &S3, bucket: &str, p: &Piece, progress: &Progress) -> R
         let resp = req.send().await.map_err(|e| describe(Action::Get, &uri, "", &e))?;
         let mut body = resp.body;
         loop {
-            match body.try_next().await {
+            // The SDK's stall protection watches throughput; this catches a body that sends
+            // nothing at all, whatever the SDK makes of it.
+            let next = match tokio::time::timeout(s3.opts.stall_timeout, body.try_next()).await {
+                Ok(next) => next.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "no data for {} s (SMTRAIN_S3_STALL_TIMEOUT)",
+                    s3.opts.stall_timeout.as_secs()
+                )),
+            };
+            match next {
                 Ok(Some(bytes)) => {
                     let n = bytes.len() as u64;
                     if offset + n > end {

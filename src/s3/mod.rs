@@ -99,8 +99,17 @@ impl Output {
                 .send()
                 .await;
             match listed {
+                // A job name names one job, as on SageMaker: mixing two runs' objects under one
+                // prefix would let a failure sit beside an earlier run's model.
                 Ok(out) if out.key_count().unwrap_or(0) > 0 => {
-                    warn!(output = %dir, "objects already exist there and will be overwritten");
+                    let first = out.contents().first().and_then(|o| o.key()).unwrap_or_default();
+                    return Err(user(format!(
+                        "--output {base}: job name {job_name:?} already has artifacts at {dir} \
+                         (s3://{}/{first}); job names are unique, as on SageMaker: set another \
+                         TRAINING_JOB_NAME (or leave it unset for a generated one), or delete \
+                         that prefix",
+                        dir.bucket
+                    )));
                 }
                 Ok(_) => {}
                 Err(e)
@@ -136,7 +145,8 @@ impl Output {
     }
 
     fn pack_and_upload(&self, paths: &Paths, staging: &Path) -> Result<()> {
-        let items = [(paths.model_dir(), MODEL_TARBALL), (paths.output_data_dir(), OUTPUT_TARBALL)];
+        // model.tar.gz last: its presence means the job's artifacts are all there.
+        let items = [(paths.output_data_dir(), OUTPUT_TARBALL), (paths.model_dir(), MODEL_TARBALL)];
         for (src, name) in &items {
             upload::pack_dir(src, &staging.join(name))?;
         }
