@@ -9,10 +9,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::artifacts::write_atomic;
+use crate::artifacts::{self, write_atomic};
 use crate::config::KEYS;
 use crate::contract::{Paths, DEFAULT_BASE_DIR};
-use crate::error::{is_user_error, Stopped};
+use crate::crash;
+use crate::error::{failure_line, is_user_error, Stopped};
 use crate::job::{self, Summary};
 use crate::predict;
 use crate::s3::{self, ChannelArg, S3Uri};
@@ -118,9 +119,11 @@ fn after_help() -> String {
   input/data/<channel>/               one IDX images file and one IDX labels file, gzipped
                                       or not, found by header in any sub-folder
   model/                              model.safetensors, model.json, metrics.json
-  output/failure                      why a job failed (first line: ClientError or
-                                      InternalError); exit 1 for input errors, 2 otherwise,
-                                      143 when stopped by SIGTERM/SIGINT
+  output/failure                      why a job failed, one line of at most 1024 bytes
+                                      starting ClientError: (your input; exit 1),
+                                      InternalError: (ours or the system's; exit 2) or
+                                      Stopped: (SIGTERM/SIGINT; exit 143). A second run in a
+                                      folder in use is refused (exit 1) and writes nothing
   output/success                      written when a job succeeds
   output/data/                        evaluation.json, predictions.png, confusion.png,
                                       training.png, samples.png (uploaded as output.tar.gz)
@@ -150,12 +153,15 @@ S3 (--channel NAME=s3://..., --output s3://...):
 
 ENVIRONMENT:
   SAGEMAKER_BASE_DIR   same as --base-dir
-  OMP_NUM_THREADS      CPU threads when the threads hyperparameter is 0
+  OMP_NUM_THREADS      CPU threads when the threads hyperparameter is 0 (1 to 1024)
   RUST_LOG             log filter (default info)
   TRAINING_JOB_NAME    the job name in --output's layout (default: smtrain-<UTC time>-<hex>)
   SMTRAIN_S3_CONCURRENCY           S3 requests in flight at once (default 16)
   SMTRAIN_S3_MULTIPART_THRESHOLD   files at or above this are moved in parts (default 16MiB)
-  SMTRAIN_S3_PART_SIZE             size of those parts, 5MiB to 5GiB (default 8MiB)",
+  SMTRAIN_S3_PART_SIZE             size of those parts, 5MiB to 5GiB (default 8MiB)
+  SMTRAIN_S3_STALL_TIMEOUT         seconds a request may go unanswered or a transfer make no
+                                   progress before it is retried (3 attempts), then fails the
+                                   job naming the object; 1 to 3600 (default 60)",
     );
     s
 }
@@ -193,7 +199,10 @@ fn signal_name(sig: usize) -> &'static str {
 
 /// Entry point of the `train` binary: its exit code.
 pub fn main() -> u8 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging();
     let paths = Paths::new(&cli.base_dir);
     match cli.command.unwrap_or_default() {
@@ -211,6 +220,10 @@ pub fn main() -> u8 {
                 .exit()
         }
         Command::Predict(args) => {
+            if let Err(e) = crate::device::env_threads() {
+                eprintln!("error: {e:#}");
+                return predict::EXIT_FAILED;
+            }
             let opts = predict::Options {
                 model: args.model.unwrap_or_else(|| paths.model_dir()),
                 inputs: args.images,
@@ -223,18 +236,41 @@ pub fn main() -> u8 {
 }
 
 fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
-    // A stale verdict from an earlier run in the same folder would contradict this one.
+    // Refused before anything under the base is touched: the files there are the other run's.
+    let _lock = match lock_base(paths) {
+        Ok(lock) => lock,
+        Err(e) => {
+            let line = failure_line("ClientError", &e);
+            tracing::error!("{line}");
+            eprintln!("{line}");
+            return EXIT_USER_ERROR;
+        }
+    };
+    crash::install(paths, exit_now, EXIT_INTERNAL_ERROR);
+    // A stale verdict or result from an earlier run in the same folder would contradict this one.
     for stale in [paths.failure_file(), paths.success_file()] {
         let _ = std::fs::remove_file(stale);
+    }
+    let removed = clear_results(paths) + s3::download::remove_stale_staging(&paths.data_dir());
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            "removed what an earlier run left in model/, output/data/ and input/data/"
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let which = Arc::new(AtomicUsize::new(0));
     // With --output, the destination is checked before training and filled after it.
     let mut upload: Option<s3::Output> = None;
+    // Whether the model folder and output/data are complete: a failure after that (an upload)
+    // leaves them, since they are this run's real result.
+    let mut complete = false;
     let result = install_signal_handlers(&stop, &which)
         .and_then(|()| {
             upload = output.map(s3::Output::prepare).transpose()?;
-            job::run(paths, opts, &stop)
+            let summary = job::run(paths, opts, &stop)?;
+            complete = true;
+            Ok(summary)
         })
         .and_then(|summary| {
             if let (Some(up), Summary::Trained { .. }) = (&upload, &summary) {
@@ -256,22 +292,24 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
             finish_ok(paths)
         }
         Err(err) => {
-            let stopped = err.is::<Stopped>();
-            let (kind, code) = if stopped {
-                ("Stopped", EXIT_STOPPED)
-            } else if is_user_error(&err) {
-                ("ClientError", EXIT_USER_ERROR)
-            } else {
-                ("InternalError", EXIT_INTERNAL_ERROR)
-            };
-            let msg = if stopped {
+            if !complete {
+                clear_results(paths);
+            }
+            let (line, code) = if err.is::<Stopped>() {
                 let detail = err.downcast_ref::<Stopped>().map_or("", |s| s.0.as_str());
-                format!("stopped by {}{detail}", signal_name(which.load(Ordering::Relaxed)))
+                let why = anyhow::anyhow!(
+                    "stopped by {}{detail}",
+                    signal_name(which.load(Ordering::Relaxed))
+                );
+                (failure_line("Stopped", &why), EXIT_STOPPED)
+            } else if is_user_error(&err) {
+                (failure_line("ClientError", &err), EXIT_USER_ERROR)
             } else {
-                format!("{err:#}")
+                (failure_line("InternalError", &err), EXIT_INTERNAL_ERROR)
             };
-            let line = format!("{kind}: {}", msg.replace('\n', " "));
-            tracing::error!("{line}");
+            // The log keeps the whole reason; the failure file and stderr's last line the
+            // bounded one SageMaker shows.
+            tracing::error!("{err:#}");
             eprintln!("{line}");
             write_verdict(paths, "failure", &format!("{line}\n"));
             if let Some(up) = &upload {
@@ -280,6 +318,75 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
             code
         }
     }
+}
+
+/// Removes the model folder's and `output/data/`'s files (and their temporary files); returns
+/// how many there were.
+fn clear_results(paths: &Paths) -> usize {
+    artifacts::remove_ours(&paths.model_dir(), &artifacts::MODEL_DIR_FILES)
+        + artifacts::remove_ours(&paths.output_data_dir(), &crate::report::FILES)
+}
+
+/// The base folder, locked for this run until the process ends: two runs in one folder would
+/// each write a verdict and a model into the other's.
+fn lock_base(paths: &Paths) -> Result<std::fs::File> {
+    use anyhow::Context;
+    let base = paths.base();
+    std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
+    let dir = std::fs::File::open(base).with_context(|| format!("opening {}", base.display()))?;
+    match dir.try_lock() {
+        Ok(()) => Ok(dir),
+        Err(std::fs::TryLockError::WouldBlock) => Err(crate::error::user(format!(
+            "{}: another training job is running in this folder; wait for it to end, or give \
+             this one another --base-dir",
+            base.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", base.display())))
+        }
+    }
+}
+
+/// A command line that cannot be parsed. For training it is the job's input like any other,
+/// so the failure file says what was wrong (SageMaker shows nothing else); `predict` keeps
+/// clap's exit code 2 and writes no file.
+fn usage_error(e: clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return e.exit_code() as u8;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.iter().any(|a| a == "predict") {
+        return predict::EXIT_FAILED;
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("unreadable arguments");
+    let why = anyhow::anyhow!("command line: {}", first.trim_start_matches("error: "));
+    let line = failure_line("ClientError", &why);
+    let paths = Paths::new(base_dir_from(&args));
+    // Only into a folder no other run is using.
+    if let Ok(_lock) = lock_base(&paths) {
+        write_verdict(&paths, "failure", &format!("{line}\n"));
+    }
+    EXIT_USER_ERROR
+}
+
+/// `--base-dir` as the arguments give it, else `SAGEMAKER_BASE_DIR`, else `/opt/ml`: what clap
+/// would have said, for a command line it could not parse.
+fn base_dir_from(args: &[std::ffi::OsString]) -> PathBuf {
+    for (i, a) in args.iter().enumerate() {
+        let a = a.to_string_lossy();
+        if let Some(v) = a.strip_prefix("--base-dir=") {
+            return PathBuf::from(v);
+        }
+        if a == "--base-dir" {
+            if let Some(v) = args.get(i + 1) {
+                return PathBuf::from(v);
+            }
+        }
+    }
+    std::env::var_os("SAGEMAKER_BASE_DIR").map_or_else(|| DEFAULT_BASE_DIR.into(), PathBuf::from)
 }
 
 fn finish_ok(paths: &Paths) -> u8 {

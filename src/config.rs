@@ -12,7 +12,7 @@ use std::fmt;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::error::user;
+use crate::error::{clip, quote, user};
 
 /// The Fashion-MNIST class names, in label order.
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
@@ -195,7 +195,11 @@ impl Raw<'_> {
     }
 
     fn bad(&self, what: impl fmt::Display) -> anyhow::Error {
-        user(format!("hyperparameter \"{}\": value {:?} {what}", self.key, self.raw))
+        user(format!(
+            "hyperparameter \"{}\": value {} {what}",
+            clip(self.key, 256),
+            quote(self.raw)
+        ))
     }
 
     fn int(&self, lo: u64, hi: u64) -> Result<u64> {
@@ -353,8 +357,9 @@ impl TrainConfig {
             Some((names, raw)) => {
                 if names.len() != cfg.num_classes || names.iter().any(|n| n.is_empty()) {
                     return Err(user(format!(
-                        "hyperparameter \"class_names\": value {raw:?} names {} classes, but \
+                        "hyperparameter \"class_names\": value {} names {} classes, but \
                          num_classes is {} (allowed: one non-empty name per class)",
+                        quote(&raw),
                         names.len(),
                         cfg.num_classes
                     )));
@@ -425,7 +430,7 @@ impl TrainConfig {
 
 fn unknown_key(key: &str, raw: &str) -> anyhow::Error {
     let known: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
-    let msg = format!("unknown hyperparameter \"{key}\" (value {raw:?})");
+    let msg = format!("unknown hyperparameter \"{}\" (value {})", clip(key, 256), quote(raw));
     match suggest(key, &known) {
         Some(s) => user(format!("{msg}; did you mean \"{s}\"?")),
         None => user(format!("{msg}; accepted keys: {}", known.join(", "))),

@@ -59,24 +59,40 @@ fn load_cuda_backend() -> std::result::Result<(), String> {
 
 /// Threads to use: the configured number, else `OMP_NUM_THREADS`, else one per core, the cores
 /// split between the `sharing` processes of a job that run on this machine.
-fn thread_count(configured: usize, sharing: usize) -> usize {
+fn thread_count(configured: usize, sharing: usize) -> Result<usize> {
     if configured > 0 {
-        return configured;
+        return Ok(configured);
     }
-    std::env::var("OMP_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / sharing.max(1)).max(1)
-        })
+    Ok(env_threads()?.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / sharing.max(1)).max(1)
+    }))
+}
+
+/// The most threads the environment may ask for: the `threads` hyperparameter's limit.
+pub const MAX_THREADS: usize = 1024;
+
+/// `OMP_NUM_THREADS` as a thread count, if it is one. Past [`MAX_THREADS`] it is refused, as the
+/// hyperparameter would be: libgomp would try to start that many threads, and a million of
+/// them overflow the stack rather than fail.
+pub fn env_threads() -> Result<Option<usize>> {
+    let Ok(v) = std::env::var("OMP_NUM_THREADS") else { return Ok(None) };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_THREADS as u64).contains(&n) => Ok(Some(n as usize)),
+        Ok(_) => Err(user(format!(
+            "environment variable OMP_NUM_THREADS={} is out of range (allowed: 1 to \
+             {MAX_THREADS}, as the threads hyperparameter)",
+            crate::error::clip(v.trim(), 40)
+        ))),
+        // A list ("4,2") or a typo: libgomp's business, and we choose by cores.
+        Err(_) => Ok(None),
+    }
 }
 
 /// Picks the device and sets libtorch's thread pools; `sharing` processes of the job share
 /// this machine's cores.
 pub fn place(choice: DeviceChoice, threads: usize, sharing: usize) -> Result<Placement> {
-    let threads = thread_count(threads, sharing);
+    let threads = thread_count(threads, sharing)?;
     tch::set_num_threads(threads as i32);
     let cuda = match choice {
         DeviceChoice::Cpu => Err("device=cpu was asked for".to_string()),
@@ -110,8 +126,8 @@ mod tests {
 
     #[test]
     fn configured_threads_win() {
-        assert_eq!(thread_count(3, 1), 3);
-        assert!(thread_count(0, 1) >= 1);
+        assert_eq!(thread_count(3, 1).unwrap(), 3);
+        assert!(thread_count(0, 1).unwrap() >= 1);
     }
 
     #[test]

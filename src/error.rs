@@ -50,10 +50,96 @@ impl fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// SageMaker keeps this many characters of `output/failure` as the job's `FailureReason`.
+pub const FAILURE_REASON_LIMIT: usize = 1024;
+
+/// The failure file's one line: `{kind}: {reason}`, at most [`FAILURE_REASON_LIMIT`] bytes.
+/// A reason that does not fit is given cause first (the innermost error, then what was being
+/// done), and cut with a note saying so; the log keeps the whole text.
+pub fn failure_line(kind: &str, err: &anyhow::Error) -> String {
+    let one_line = |s: String| s.replace(['\n', '\r'], " ");
+    let whole = one_line(format!("{kind}: {err:#}"));
+    if whole.len() <= FAILURE_REASON_LIMIT {
+        return whole;
+    }
+    let mut parts: Vec<String> = err.chain().map(|e| one_line(e.to_string())).collect();
+    let cause = parts.pop().unwrap_or_default();
+    let mut line = format!("{kind}: {}", clip(&cause, FAILURE_REASON_LIMIT / 2));
+    if !parts.is_empty() {
+        line.push_str(&format!(" (while {})", parts.join(": ")));
+    }
+    bound(line, whole.len())
+}
+
+/// Cuts `line` to the limit, ending with a note of how much of the `whole` reason was left out.
+fn bound(line: String, whole: usize) -> String {
+    if line.len() <= FAILURE_REASON_LIMIT {
+        return line;
+    }
+    let note = format!(" [cut: the whole reason ({whole} characters) is in the log]");
+    let mut keep = FAILURE_REASON_LIMIT - note.len();
+    while !line.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{note}", &line[..keep])
+}
+
+/// `s`, or its start and a note of its length when it is longer than `max` bytes: for quoting
+/// input (a hyperparameter's value, a file name) in an error message.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut keep = max.saturating_sub(24).max(1);
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..keep], s.len())
+}
+
+/// `{:?}` of an input string, clipped as [`clip`] does.
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return format!("{s:?}");
+    }
+    let mut keep = MAX - 16;
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{:?}… ({} bytes in all)", &s[..keep], s.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use anyhow::Context;
+
+    #[test]
+    fn a_long_reason_is_bounded_cause_first() {
+        let short = user("bad value").context("reading hyperparameters");
+        assert_eq!(
+            failure_line("ClientError", &short),
+            "ClientError: reading hyperparameters: bad value"
+        );
+        let long = user(format!("value {} is out of range", "9".repeat(5000)))
+            .context("x".repeat(3000))
+            .context("hyperparameters.json");
+        let line = failure_line("ClientError", &long);
+        assert!(line.len() <= FAILURE_REASON_LIMIT, "{}", line.len());
+        assert!(line.starts_with("ClientError: value 999"), "{line}");
+        assert!(line.contains("bytes in all)"), "{line}");
+        assert!(line.contains("(while hyperparameters.json: xxx"), "{line}");
+        assert!(line.ends_with("characters) is in the log]"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn quoted_input_is_clipped_on_a_char_boundary() {
+        assert_eq!(quote("adam"), "\"adam\"");
+        let q = quote(&"é".repeat(1000));
+        assert!(q.ends_with("… (2000 bytes in all)") && q.len() < 120, "{q}");
+    }
 
     #[test]
     fn user_errors_are_found_under_context() {

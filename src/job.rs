@@ -14,13 +14,13 @@ use crate::checkpoint::{self, Checkpointer};
 use crate::config::TrainConfig;
 use crate::contract::{InputMode, JobFiles, Paths};
 use crate::data::{self, Dataset};
-use crate::device;
 use crate::distributed::{Group, Layout, Parallel, Topology};
 use crate::error::{user, Stopped};
 use crate::metrics::{self, EpochMetrics, Metrics};
 use crate::report;
 use crate::s3::{self, ChannelArg, Location, S3Uri};
 use crate::train::{self, DeviceData, EpochStats, Hooks, Score, TrainState};
+use crate::{budget, device};
 
 /// Where Debian's `dataset-fashion-mnist` installs the real data (and where the image keeps it).
 pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -66,6 +66,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let files = JobFiles::read(paths)?;
     let cfg = TrainConfig::from_hyperparameters(&files.hyperparameters)
         .with_context(|| paths.hyperparameters().display().to_string())?;
+    device::env_threads()?;
     info!(config = %serde_json::to_string(&cfg)?, "resolved hyperparameters");
     let rc = &files.resources;
     info!(
@@ -84,6 +85,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let mut sets = load_channels(&sources, cfg.num_classes)?;
     let data_load_seconds = load_start.elapsed().as_secs_f64();
     let train_set = sets.remove("train").expect("train channel resolved");
+    let split_used = !sets.contains_key("validation") && cfg.validation_split > 0.0;
     let (mut train_set, validation_set) = match sets.remove("validation") {
         Some(v) => (train_set, Some(v)),
         None if cfg.validation_split > 0.0 => {
@@ -94,6 +96,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     };
     let test_set = sets.remove("test");
     check_shapes(&train_set, [("validation", &validation_set), ("test", &test_set)])?;
+    check_sizes(&cfg, split_used, &train_set, validation_set.as_ref(), test_set.as_ref())?;
     info!(
         train = train_set.len(),
         validation = validation_set.as_ref().map_or(0, Dataset::len),
@@ -105,6 +108,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
 
     let placement = device::place(cfg.device, cfg.threads, topology.local_processes())?;
     info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
+    check_memory(&cfg, &train_set, placement.device)?;
     let group = match topology.world() {
         1 => None,
         _ => Some(Group::join(&topology, Duration::from_secs(cfg.distributed_timeout), stop)?),
@@ -469,6 +473,7 @@ pub fn resolve_channels(
     let empty = Default::default();
     let channels = files.input_data.as_ref().unwrap_or(&empty);
     if channels.is_empty() && cli.is_empty() {
+        refuse_unconfigured_data(paths)?;
         info!(
             dir = DEFAULT_DATA_DIR,
             "no channels configured: training on the installed Fashion-MNIST"
@@ -518,6 +523,14 @@ pub fn resolve_channels(
                 config_file.display()
             )));
         }
+        if spec.record_wrapper.as_deref().is_some_and(|w| !w.eq_ignore_ascii_case("None")) {
+            return Err(user(format!(
+                "{}: channel \"{name}\" uses RecordWrapperType {}, which this trainer does not \
+                 read; use None (plain IDX files)",
+                config_file.display(),
+                spec.record_wrapper.as_deref().unwrap_or_default()
+            )));
+        }
         info!(channel = %name, mode = ?spec.mode(), distribution = spec.distribution.as_deref().unwrap_or("-"), "channel");
         out.insert(name.clone(), Source::Dir(paths.channel_dir(name)));
     }
@@ -530,6 +543,28 @@ pub fn resolve_channels(
         out.insert(c.name.clone(), source);
     }
     Ok(out)
+}
+
+/// With no channels configured the job trains on the installed Fashion-MNIST; data laid out
+/// under `input/data/` would then be silently ignored, which is never what was meant.
+fn refuse_unconfigured_data(paths: &Paths) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(paths.data_dir()) else { return Ok(()) };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    Err(user(format!(
+        "{} configures no channels, but {} holds {}: declare the channels there (or pass \
+         --channel), or remove that data to train on the installed Fashion-MNIST",
+        paths.input_data_config().display(),
+        paths.data_dir().display(),
+        crate::error::clip(&found.join(", "), 200)
+    )))
 }
 
 /// Downloads the channels that live in S3 into their `input/data/<channel>/` folders, all
@@ -609,6 +644,65 @@ fn load_source(name: &str, src: &Source, classes: usize) -> Result<Dataset> {
         Source::S3(uri) => {
             anyhow::bail!("channel \"{name}\": {uri} was not downloaded before loading")
         }
+    }
+}
+
+/// Refuses data that leaves nothing to learn from or to score: a model trained on no samples
+/// would be reported as a success with a loss of `null`.
+fn check_sizes(
+    cfg: &TrainConfig,
+    split_used: bool,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    test: Option<&Dataset>,
+) -> Result<()> {
+    let held_out = validation.map_or(0, Dataset::len);
+    let split = |left: &str| {
+        format!(
+            "hyperparameter \"validation_split\" is {}: of {} training samples it holds out {} \
+             and leaves {} {left}",
+            cfg.validation_split,
+            train.len() + held_out,
+            held_out,
+            train.len()
+        )
+    };
+    if train.is_empty() {
+        return Err(user(if split_used {
+            split("to train on; lower it, or give a validation channel")
+        } else {
+            format!("channel \"train\" has no samples to train on ({})", train.source)
+        }));
+    }
+    for (name, set) in [("validation", validation), ("test", test)] {
+        if let Some(d) = set.filter(|d| d.is_empty()) {
+            return Err(user(if name == "validation" && split_used {
+                split("to train on, but none to validate on; raise it or give a validation channel")
+            } else {
+                format!("channel \"{name}\" has no samples to score ({})", d.source)
+            }));
+        }
+    }
+    if cfg.early_stopping_patience > 0 && validation.is_none() {
+        return Err(user(format!(
+            "hyperparameter \"early_stopping_patience\" is {}, but there is no validation data \
+             to watch: add a validation channel or set validation_split",
+            cfg.early_stopping_patience
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is allocated for training, a configuration that cannot fit in the
+/// host's memory. On a GPU the parameters live in device memory, which libtorch checks itself.
+fn check_memory(cfg: &TrainConfig, train: &Dataset, dev: tch::Device) -> Result<()> {
+    if dev != tch::Device::Cpu {
+        return Ok(());
+    }
+    let need = budget::estimate(cfg, train.len(), train.features());
+    match budget::room() {
+        Some(room) => budget::check(cfg, &need, &room),
+        None => Ok(()),
     }
 }
 

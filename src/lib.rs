@@ -9,6 +9,7 @@
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`]           |
 //! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
 //! | [`inflate`]   | gzip in one go with libdeflate: `data`'s fast path                   |
+//! | [`budget`]    | the memory a configuration needs, checked against what the host has   |
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
 //! | [`distributed`]| multi-host jobs: rank from `resourceconfig.json`, c10d rendezvous, all-reduce |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
@@ -26,15 +27,18 @@
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
+//! | [`crash`]     | a failure file even after a panic or an abort                         |
 //! | [`predict`]   | `train predict`: a saved model classifies PNG, JPEG or IDX images    |
 //!
 //! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
 
 pub mod artifacts;
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod crash;
 pub mod data;
 pub mod device;
 pub mod distributed;
