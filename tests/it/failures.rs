@@ -1,24 +1,7 @@
 //! Bad input: each case fails with exit code 1, a one-line reason in `output/failure` that
 //! names what was wrong, the same on stderr, and no model files.
 
-use crate::util::Job;
-
-/// Runs the job and checks the failure contract; returns the failure text.
-fn fails_with(job: &Job, needles: &[&str]) -> String {
-    let run = job.run();
-    let failure =
-        job.failure().unwrap_or_else(|| panic!("no failure file; stderr:\n{}", run.stderr()));
-    assert_eq!(run.code(), Some(1), "{failure}");
-    assert!(failure.starts_with("ClientError: "), "{failure}");
-    assert_eq!(failure.lines().count(), 1, "{failure}");
-    for n in needles {
-        assert!(failure.contains(n), "failure lacks {n:?}: {failure}");
-    }
-    assert!(run.stderr().contains(failure.trim()), "stderr lacks the reason");
-    assert!(job.model_files().is_empty(), "model files left: {:?}", job.model_files());
-    assert!(!job.succeeded());
-    failure
-}
+use crate::util::{fails_with, Job};
 
 #[test]
 fn unknown_hyperparameter_names_the_likely_key() {

@@ -9,6 +9,7 @@ mod failures;
 mod infra;
 mod outputs;
 mod predict;
+mod reliability;
 mod s3;
 mod training;
 mod util;

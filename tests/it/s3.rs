@@ -41,6 +41,7 @@ fn command(job: &Job, server: Option<&Server>) -> Command {
         "SMTRAIN_S3_CONCURRENCY",
         "SMTRAIN_S3_MULTIPART_THRESHOLD",
         "SMTRAIN_S3_PART_SIZE",
+        "SMTRAIN_S3_STALL_TIMEOUT",
     ] {
         cmd.env_remove(var);
     }
@@ -255,7 +256,12 @@ fn large_object_downloads_in_ranges_byte_for_byte() {
     s.create_bucket("big");
     let bytes = random_bytes(13 << 20 | 12345, 7);
     s.put("big", "x/blob.bin", bytes.clone());
-    let opts = TransferOptions { concurrency: 3, multipart_threshold: 5 << 20, part_size: 5 << 20 };
+    let opts = TransferOptions {
+        concurrency: 3,
+        multipart_threshold: 5 << 20,
+        part_size: 5 << 20,
+        ..TransferOptions::default()
+    };
     let dir = tempfile::tempdir().unwrap();
     let channel = ChannelDownload {
         name: "train".into(),
@@ -383,7 +389,12 @@ fn failed_multipart_upload_is_aborted_leaving_no_parts() {
     std::fs::write(&file, random_bytes(12 << 20, 3)).unwrap();
     // One 5 MiB part may pass, then the connections break.
     let proxy = BreakingProxy::start(s.port, Fault::UploadsAfter(7 << 20));
-    let opts = TransferOptions { concurrency: 1, multipart_threshold: 5 << 20, part_size: 5 << 20 };
+    let opts = TransferOptions {
+        concurrency: 1,
+        multipart_threshold: 5 << 20,
+        part_size: 5 << 20,
+        ..TransferOptions::default()
+    };
     let dest: S3Uri = "s3://out/runs/j/output/model.tar.gz".parse().unwrap();
     let err = s.block_on(upload_file(&s.client_at(&proxy.endpoint(), opts), &file, &dest));
     let err = format!("{:#}", err.unwrap_err());
@@ -429,6 +440,95 @@ fn server_stopped_mid_download_leaves_no_complete_looking_file() {
     let left = files_under(&data);
     assert!(left.iter().all(|f| !f.ends_with("blob.bin")), "{left:?}");
     assert!(left.is_empty(), "staging not cleaned up (was {partial}): {left:?}");
+}
+
+/// The server stops answering mid-download (SIGSTOP): the stalled transfer is retried, then
+/// fails the job naming the object, in seconds rather than never.
+#[test]
+fn a_server_that_hangs_mid_download_fails_the_job_naming_the_object() {
+    let Some(s) = Server::start() else { return };
+    s.create_bucket("big");
+    s.put("big", "train/blob.bin", random_bytes(96 << 20, 17));
+    let job = Job::new();
+    let mut child = command(&job, Some(&s))
+        .args(["--channel", "train=s3://big/train/"])
+        .env("SMTRAIN_S3_CONCURRENCY", "1")
+        .env("SMTRAIN_S3_MULTIPART_THRESHOLD", "5MiB")
+        .env("SMTRAIN_S3_PART_SIZE", "5MiB")
+        .env("SMTRAIN_S3_STALL_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_partial(&job, &mut child);
+    s.pause();
+    let paused = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = paused.elapsed();
+    s.resume();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(waited.as_secs() < 90, "took {waited:?}:\n{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let failure = job.failure().expect("failure file");
+    assert!(failure.contains("s3://big/train/blob.bin"), "{failure}");
+    assert!(files_under(&job.path("input/data")).is_empty());
+}
+
+/// The server hangs while the artifacts go up: the job fails naming the object, the failure
+/// reason's upload gives up too, and no model.tar.gz stands in the prefix.
+#[test]
+fn a_server_that_hangs_during_the_upload_fails_the_job_naming_the_object() {
+    let Some(s) = Server::start() else { return };
+    s.create_bucket("out");
+    let job = Job::small(&[("epochs", "40")]);
+    let mut child = command(&job, Some(&s))
+        .args(["--output", "s3://out/p/"])
+        .env("TRAINING_JOB_NAME", "hung")
+        .env("SMTRAIN_S3_STALL_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("data loaded") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no 'data loaded' line:\n{log}");
+        log.push_str(&line);
+    }
+    s.pause();
+    let paused = std::time::Instant::now();
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let status = child.wait().unwrap();
+    let waited = paused.elapsed();
+    s.resume();
+    assert!(waited.as_secs() < 90, "took {waited:?}:\n{log}");
+    assert_eq!(status.code(), Some(2), "{log}");
+    let failure = job.failure().expect("failure file");
+    assert!(failure.contains("s3://out/p/hung/output/output.tar.gz"), "{failure}");
+    assert!(log.contains("could not upload the failure reason"), "{log}");
+    let keys = s.keys("out", "");
+    assert!(!keys.iter().any(|k| k.ends_with("model.tar.gz")), "{keys:?}");
+}
+
+/// A job name that already has artifacts is refused before training, as SageMaker refuses a
+/// name twice, and the earlier run's objects stay alone under their prefix.
+#[test]
+fn a_reused_job_name_is_refused_before_training() {
+    let Some(s) = Server::start() else { return };
+    s.create_bucket("out");
+    let job = Job::small(&[("epochs", "1")]);
+    run(command(&job, Some(&s)).args(["--output", "s3://out/p/"]).env("TRAINING_JOB_NAME", "once"))
+        .ok();
+    let before = s.keys("out", "");
+    assert_eq!(before, ["p/once/output/model.tar.gz", "p/once/output/output.tar.gz"]);
+    let again = Job::small(&[("epochs", "1")]);
+    let r = run(command(&again, Some(&s))
+        .args(["--output", "s3://out/p/"])
+        .env("TRAINING_JOB_NAME", "once"));
+    client_error(&again, &r, &["job name \"once\" already has artifacts", "TRAINING_JOB_NAME"]);
+    assert!(!r.stdout().contains("metrics:"), "trained anyway");
+    assert_eq!(s.keys("out", ""), before);
 }
 
 /// After a failed run the failure reason is uploaded, so CI can show it.
@@ -479,7 +579,8 @@ fn failed_upload_after_training_fails_the_job_naming_the_object() {
     let status = child.wait().unwrap();
     assert_ne!(status.code(), Some(0), "{log}");
     let failure = job.failure().expect("failure file");
-    assert!(failure.contains("s3://out/p/lost/output/model.tar.gz"), "{failure}");
+    // output.tar.gz goes up first, so a model.tar.gz in the prefix means both are there.
+    assert!(failure.contains("s3://out/p/lost/output/output.tar.gz"), "{failure}");
     assert!(!job.succeeded());
     assert_eq!(job.model_files(), ["metrics.json", "model.json", "model.safetensors"]);
     assert!(log.contains("could not upload the failure reason"), "{log}");
@@ -645,9 +746,9 @@ fn denied_upload_fails_the_job_naming_the_object() {
         &job,
         &r,
         &[
-            "uploading s3://artifacts/runs/denied-upload/output/model.tar.gz: S3 error \
+            "uploading s3://artifacts/runs/denied-upload/output/output.tar.gz: S3 error \
              AccessDenied (HTTP 403)",
-            "need s3:PutObject on arn:aws:s3:::artifacts/runs/denied-upload/output/model.tar.gz",
+            "need s3:PutObject on arn:aws:s3:::artifacts/runs/denied-upload/output/output.tar.gz",
         ],
     );
     assert!(r.stdout().contains("metrics: test_loss="), "{}", r.stdout());
@@ -770,10 +871,10 @@ fn channel_flags_follow_the_channel_rules() {
         let failure = job.failure().unwrap();
         assert!(failure.contains(needle), "{args:?}: {failure}");
     }
-    // Malformed flags are refused by the parser, before anything runs.
+    // Malformed flags are refused by the parser, before anything runs, as the user's error.
     let job = Job::new();
     let r = run(command(&job, None).args(["--channel", "train"]));
-    assert_eq!(r.code(), Some(2));
+    assert_eq!(r.code(), Some(1));
     assert!(r.stderr().contains("expected NAME=URI"), "{}", r.stderr());
     let r = run(command(&job, None).args(["--output", "/local/dir"]));
     assert!(r.stderr().contains("not an S3 URI"), "{}", r.stderr());

@@ -101,11 +101,7 @@ impl Job {
 
     /// Names of the files in the model folder.
     pub fn model_files(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.path("model"))
-            .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
+        names_in(&self.path("model"))
     }
 
     pub fn json(&self, rel: &str) -> serde_json::Value {
@@ -130,5 +126,56 @@ impl Run {
     pub fn ok(self) -> Self {
         assert!(self.0.status.success(), "train failed: {:?}\n{}", self.code(), self.stderr());
         self
+    }
+}
+
+/// Runs the job and checks the failure contract for bad input: exit 1, a one-line
+/// `ClientError` in `output/failure` naming every needle, the same on stderr, no model files.
+/// Returns the failure text.
+pub fn fails_with(job: &Job, needles: &[&str]) -> String {
+    let run = job.run();
+    let failure =
+        job.failure().unwrap_or_else(|| panic!("no failure file; stderr:\n{}", run.stderr()));
+    assert_eq!(run.code(), Some(1), "{failure}");
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    assert_eq!(failure.lines().count(), 1, "{failure}");
+    assert!(failure.len() <= 1025, "{} bytes: {failure}", failure.len());
+    for n in needles {
+        assert!(failure.contains(n), "failure lacks {n:?}: {failure}");
+    }
+    assert!(run.stderr().contains(failure.trim()), "stderr lacks the reason");
+    assert!(job.model_files().is_empty(), "model files left: {:?}", job.model_files());
+    assert!(!job.succeeded());
+    failure
+}
+
+/// Makes a FIFO at `path` (nothing ever writes to it: reading it would block forever).
+pub fn mkfifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// Files in `dir` (not recursive), sorted; empty when it does not exist.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The variable that lets tests whose parts are missing (Docker, an S3 server) be skipped.
+pub const ALLOW_SKIP: &str = "SMTRAIN_TESTS_ALLOW_SKIP";
+
+/// A test's real part is missing. By default that fails the test, since a test that did not
+/// run must not read as one that passed; with `SMTRAIN_TESTS_ALLOW_SKIP=1` (a machine without
+/// Docker, say) it says SKIPPED on stderr and the caller returns.
+pub fn missing(why: &str) {
+    if std::env::var(ALLOW_SKIP).is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: {why} ({ALLOW_SKIP}=1)");
+    } else {
+        panic!("{why}: run the tests with `make test`, which sets up every part, or set {ALLOW_SKIP}=1 to skip them");
     }
 }

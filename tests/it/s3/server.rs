@@ -56,13 +56,13 @@ pub struct Server {
     keys: Keys,
 }
 
-/// The s3s-fs binary, or `None` (with a note) to skip; under CI a missing binary is a failure.
+/// The s3s-fs binary, or `None` to skip where skipping is allowed (see `util::missing`).
 pub fn server_binary() -> Option<PathBuf> {
     binary(SERVER_ENV, "s3s-fs")
 }
 
-/// The program named by the environment variable `env`, or `None` (with a note) to skip;
-/// under CI a missing program is a failure.
+/// The program named by the environment variable `env`, or `None` to skip where skipping is
+/// allowed (see `util::missing`).
 pub fn binary(env: &str, what: &str) -> Option<PathBuf> {
     let path = std::env::var_os(env).map(PathBuf::from);
     match path {
@@ -72,10 +72,7 @@ pub fn binary(env: &str, what: &str) -> Option<PathBuf> {
                 Some(p) => format!("{env}={} does not exist", p.display()),
                 None => format!("{env} is not set"),
             };
-            if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-                panic!("{why}: the S3 tests need {what} (run them with `make test`)");
-            }
-            eprintln!("skipping: {why} (run `make test` to install {what})");
+            crate::util::missing(&format!("{why}: the S3 tests need {what}"));
             None
         }
     }
@@ -156,6 +153,23 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): connections still open, as the kernel accepts them, but
+    /// nothing is answered, as with a server or network that hangs.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("server running").id();
+        // SAFETY: a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
     }
 
     /// The environment that points `train` at this server.

@@ -1,0 +1,367 @@
+//! What a hostile user or a failing host does to a job, and the promise it must keep: a
+//! failure leaves a bounded one-line reason in `output/failure` and nothing that looks like a
+//! result; nothing blocks, reads without end or allocates more than the host has. (The S3
+//! stalls are in `s3.rs`, beside the server they pause.)
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::predict::predict_cmd;
+use crate::util::{fails_with, fixture, mkfifo, names_in, Job, Run, BIN};
+
+/// Runs `job`, which must fail as a user error within `limit`; returns the failure.
+fn fails_fast(job: &Job, limit: Duration, needles: &[&str]) -> String {
+    let started = Instant::now();
+    let failure = fails_with(job, needles);
+    assert!(started.elapsed() < limit, "took {:?}: {failure}", started.elapsed());
+    failure
+}
+
+/// Starts `train` for `job` and waits for `needle` in its log; returns the child and the log.
+fn start_until(cmd: &mut Command, needle: &str) -> (std::process::Child, String) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no {needle:?} line:\n{log}");
+        log.push_str(&line);
+        if line.contains(needle) {
+            break;
+        }
+    }
+    // Keep draining, so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, log)
+}
+
+#[test]
+fn layers_too_large_for_memory_are_refused_before_allocating() {
+    let job = Job::small(&[("hidden_units", "65536,65536,65536")]);
+    fails_fast(
+        &job,
+        Duration::from_secs(30),
+        &["8642166794 parameters", "of memory", "lower hidden_units or batch_size"],
+    );
+}
+
+#[test]
+fn a_batch_too_large_for_the_address_space_is_refused() {
+    let job = Job::small(&[("hidden_units", "65536"), ("batch_size", "65536")]);
+    let mut cmd = job.command();
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 6_000_000 * 1024, rlim_max: 6_000_000 * 1024 };
+            libc::setrlimit(libc::RLIMIT_AS, &lim);
+            Ok(())
+        });
+    }
+    let run = Run(cmd.output().unwrap());
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    assert!(failure.contains("batch_size=65536") && failure.contains("lower"), "{failure}");
+}
+
+#[test]
+fn omp_num_threads_beyond_the_cap_is_refused() {
+    let job = Job::small(&[]);
+    let run = Run(job.command().env("OMP_NUM_THREADS", "999999").output().unwrap());
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(
+        failure.contains("OMP_NUM_THREADS=999999 is out of range (allowed: 1 to 1024"),
+        "{failure}"
+    );
+}
+
+/// An abort (what a failed allocation or a fatal libtorch error ends in) still leaves a reason,
+/// and no model.
+#[test]
+fn an_abort_mid_training_leaves_a_failure_file() {
+    let job = Job::small(&[("epochs", "200")]);
+    let (mut child, _) = start_until(&mut job.command(), "epoch done");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGABRT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{status:?}");
+    let failure = job.failure().expect("failure file");
+    assert!(failure.starts_with("InternalError: the process aborted (SIGABRT)"), "{failure}");
+    assert!(job.model_files().is_empty(), "{:?}", job.model_files());
+}
+
+#[test]
+fn predict_refuses_layer_sizes_the_weights_do_not_have() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.run().ok();
+    let card = job.path("model/model.json");
+    let mut json = job.json("model/model.json");
+    json["architecture"]["layer_sizes"] = serde_json::json!([784, 4000000000u64, 10]);
+    std::fs::write(&card, serde_json::to_vec(&json).unwrap()).unwrap();
+    let run = Run(predict_cmd(&job.path("model"))
+        .arg(fixture("test").join("images-idx3-ubyte.gz"))
+        .output()
+        .unwrap());
+    assert_eq!(run.code(), Some(2), "{}", run.stderr());
+    assert!(run.stderr().contains("layer_sizes [784, 4000000000, 10] need"), "{}", run.stderr());
+}
+
+#[test]
+fn a_failed_rerun_removes_the_earlier_runs_results() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.run().ok();
+    assert_eq!(job.model_files().len(), 3);
+    assert!(!names_in(&job.path("output/data")).is_empty());
+    job.hyperparameters(&[("epochs", "0")]);
+    fails_with(&job, &["epochs"]);
+    assert!(
+        names_in(&job.path("output/data")).is_empty(),
+        "{:?}",
+        names_in(&job.path("output/data"))
+    );
+}
+
+/// `model/` on a file system too small for the weights: the job fails and leaves neither the
+/// model nor its temporary files. Needs root, for the tmpfs.
+#[test]
+fn a_full_disk_leaves_no_model_behind() {
+    // SAFETY: geteuid only reads.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED a_full_disk_leaves_no_model_behind: mounting a tmpfs needs root");
+        return;
+    }
+    let job = Job::small(&[("epochs", "1")]);
+    let model = job.path("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "smtrain-full", model.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs failed as root");
+    let run = job.run();
+    let left = job.model_files();
+    let _ = Command::new("umount").arg(&model).status();
+    assert_eq!(run.code(), Some(2), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.contains("No space left on device"), "{failure}");
+    assert!(left.is_empty(), "left in model/: {left:?}");
+    assert!(names_in(&job.path("output/data")).is_empty());
+}
+
+#[test]
+fn a_second_run_on_a_base_in_use_is_refused_and_writes_nothing() {
+    let job = Job::small(&[("epochs", "400")]);
+    let (mut first, _) = start_until(&mut job.command(), "data loaded");
+    let second = job.run();
+    assert_eq!(second.code(), Some(1), "{}", second.stderr());
+    assert!(
+        second.stderr().contains("another training job is running in this folder"),
+        "{}",
+        second.stderr()
+    );
+    assert!(job.failure().is_none(), "the second run wrote a failure: {:?}", job.failure());
+    assert!(first.wait().unwrap().success());
+    assert!(job.succeeded() && job.failure().is_none());
+}
+
+/// Config files that are FIFOs, devices, folders or broken links fail at once, as the user's
+/// error, instead of blocking or reading forever.
+#[test]
+fn config_files_that_are_not_regular_files_fail_at_once() {
+    let hp = "input/config/hyperparameters.json";
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make)> = vec![
+        ("is a FIFO (named pipe), not a regular file", Box::new(|p: &Path| mkfifo(p))),
+        (
+            "is a character device",
+            Box::new(|p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+        ),
+        ("is a folder", Box::new(|p: &Path| std::fs::create_dir_all(p).unwrap())),
+        (
+            "which does not exist",
+            Box::new(|p: &Path| std::os::unix::fs::symlink("/nonexistent/hp.json", p).unwrap()),
+        ),
+    ];
+    for (needle, make) in cases {
+        let job = Job::small(&[]);
+        std::fs::remove_file(job.path(hp)).unwrap();
+        make(&job.path(hp));
+        fails_fast(&job, Duration::from_secs(20), &["hyperparameters.json", needle]);
+    }
+    let job = Job::small(&[]);
+    let rc = job.path("input/config/resourceconfig.json");
+    let (a, b) = (job.path("loop-a"), job.path("loop-b"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    std::os::unix::fs::symlink(&a, &rc).unwrap();
+    fails_fast(&job, Duration::from_secs(20), &["resourceconfig.json", "symbolic link loop"]);
+}
+
+/// A checkpoint that is a FIFO is refused at once, not waited on: with no other checkpoint to
+/// resume from, the job says so rather than silently starting over.
+#[test]
+fn a_fifo_among_the_checkpoints_is_refused_at_once() {
+    let job = Job::small(&[("epochs", "1")]);
+    mkfifo(&job.path("checkpoints/checkpoint-000000000099.safetensors"));
+    fails_fast(&job, Duration::from_secs(30), &["is a FIFO (named pipe)", "start_fresh=true"]);
+}
+
+#[test]
+fn predict_reads_only_regular_files() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.run().ok();
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.png");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let fifo = dir.path().join("fifo.png");
+    mkfifo(&fifo);
+    let started = Instant::now();
+    let run = Run(predict_cmd(&job.path("model")).arg(&zero).arg(&fifo).output().unwrap());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    assert!(run.stderr().contains("zero.png: is a character device"), "{}", run.stderr());
+    assert!(run.stderr().contains("fifo.png: is a FIFO"), "{}", run.stderr());
+    // A model file that is a FIFO: nothing is classified, and nothing waits.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(job.path("model/model.safetensors"), model.join("model.safetensors")).unwrap();
+    mkfifo(&model.join("model.json"));
+    let run = Run(predict_cmd(&model)
+        .arg(fixture("test").join("images-idx3-ubyte.gz"))
+        .output()
+        .unwrap());
+    assert_eq!(run.code(), Some(2), "{}", run.stderr());
+    assert!(run.stderr().contains("model.json: is a FIFO"), "{}", run.stderr());
+}
+
+/// `-o` into a device or a FIFO writes into it; through a link, into the link's target;
+/// a folder or a missing parent fails without leaving temporary files.
+#[test]
+fn predict_output_goes_into_what_it_names() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.run().ok();
+    let images = fixture("test").join("images-idx3-ubyte.gz");
+    let d = tempfile::tempdir().unwrap();
+    let out = |target: &Path| {
+        Run(predict_cmd(&job.path("model")).arg("-o").arg(target).arg(&images).output().unwrap())
+    };
+    // A character device of our own: the same one as /dev/null.
+    let null = d.path().join("null");
+    let made = Command::new("mknod").arg(&null).args(["c", "1", "3"]).status().unwrap();
+    if made.success() {
+        out(&null).ok();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&null).unwrap().file_type().is_char_device());
+    } else {
+        eprintln!(
+            "SKIPPED the device case of predict_output_goes_into_what_it_names: mknod needs root"
+        );
+    }
+    let fifo = d.path().join("fifo");
+    mkfifo(&fifo);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    out(&fifo).ok();
+    assert_eq!(reader.join().unwrap().lines().count(), 200);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let target = d.path().join("target.jsonl");
+    let link = d.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    out(&link).ok();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count(), 200);
+    let folder = d.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let run = out(&folder);
+    assert_eq!(run.code(), Some(2));
+    assert!(run.stderr().contains("is a folder"), "{}", run.stderr());
+    assert!(names_in(&folder).is_empty(), "{:?}", names_in(&folder));
+    let run = out(&d.path().join("missing/out.jsonl"));
+    assert_eq!(run.code(), Some(2));
+    let left: Vec<String> =
+        names_in(d.path()).into_iter().filter(|n| n.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn data_that_leaves_nothing_to_train_on_or_score_is_refused() {
+    let job = Job::new();
+    job.channels(&["train"]).hyperparameters(&[("validation_split", "0.5")]);
+    let dir = job.path("input/data/train");
+    std::fs::create_dir_all(&dir).unwrap();
+    smtrain::data::write_idx(&dir.join("images"), &[1, 28, 28], &[0; 784], false).unwrap();
+    smtrain::data::write_idx(&dir.join("labels"), &[1], &[3], false).unwrap();
+    fails_with(&job, &["validation_split", "of 1 training samples it holds out 1 and leaves 0"]);
+    let job = Job::small(&[]);
+    let test = job.path("input/data/test");
+    std::fs::remove_dir_all(&test).unwrap();
+    std::fs::create_dir_all(&test).unwrap();
+    smtrain::data::write_idx(&test.join("images"), &[0, 28, 28], &[], false).unwrap();
+    smtrain::data::write_idx(&test.join("labels"), &[0], &[], false).unwrap();
+    fails_with(&job, &["test/images: holds 0 images of 28x28; no data to use"]);
+}
+
+#[test]
+fn a_huge_value_or_thousands_of_stray_files_give_a_bounded_reason() {
+    let huge = "9".repeat(10 << 20);
+    let job = Job::small(&[("learning_rate", huge.as_str())]);
+    fails_with(&job, &["hyperparameters.json: is 10485", "over the 1048576-byte limit"]);
+    let large = "9".repeat(900 << 10);
+    let job = Job::small(&[("learning_rate", large.as_str())]);
+    let failure = fails_with(&job, &["hyperparameter \"learning_rate\"", "(921600 bytes in all)"]);
+    assert!(failure.len() < 400, "{failure}");
+    let job = Job::small(&[]);
+    let stray = job.path("input/data/train/stray");
+    std::fs::create_dir_all(&stray).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(stray.join(format!("note-{i:05}.txt")), b"x").unwrap();
+    }
+    let failure = fails_with(&job, &["other files: stray/note-00000.txt", "and 19995 more"]);
+    assert!(failure.len() <= 1025, "{}", failure.len());
+}
+
+#[test]
+fn usage_errors_write_the_failure_file() {
+    let job = Job::new();
+    let run = Run(job.command().args(["--channel", "train"]).output().unwrap());
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().expect("failure file");
+    assert!(failure.starts_with("ClientError: command line: "), "{failure}");
+    assert!(failure.contains("expected NAME=URI"), "{failure}");
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Stopped:"));
+}
+
+#[test]
+fn smaller_contract_holes_are_refused() {
+    // Data laid out, but no channel declared: not silently the bundled set.
+    let job = Job::small(&[]);
+    job.write("input/config/inputdataconfig.json", "{}");
+    fails_with(&job, &["configures no channels", "input/data holds test, train"]);
+    let job = Job::small(&[]);
+    job.write(
+        "input/config/inputdataconfig.json",
+        r#"{"train": {"TrainingInputMode": "File", "RecordWrapperType": "RecordIO"}}"#,
+    );
+    fails_with(&job, &["channel \"train\" uses RecordWrapperType RecordIO"]);
+    let job = Job::small(&[]);
+    job.write("input/config/hyperparameters.json", r#"{"epochs": "1", "epochs": "500"}"#);
+    fails_with(&job, &["hyperparameters.json", "key \"epochs\" appears twice"]);
+    let job = Job::small(&[("early_stopping_patience", "2")]);
+    fails_with(&job, &["\"early_stopping_patience\" is 2, but there is no validation data"]);
+}
+
+#[test]
+fn stale_download_folders_are_cleaned_at_the_next_start() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.write("input/data/.train.download-99999/blob.bin.part", vec![0u8; 4096]);
+    job.run().ok();
+    assert_eq!(names_in(&job.path("input/data")), ["test", "train"]);
+}
