@@ -77,6 +77,17 @@ enum Command {
     /// Classify images with a trained model: one JSON line per image on stdout.
     #[command(after_long_help = predict::HELP)]
     Predict(PredictArgs),
+    /// Serve a trained model over HTTP: SageMaker endpoints and batch transform (`IMAGE serve`).
+    #[command(after_long_help = crate::serve::HELP)]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The model folder (model.json and model.safetensors), or a model.tar.gz
+    /// [default: <base-dir>/model, where SageMaker unpacks it]
+    #[arg(long, value_name = "DIR|model.tar.gz")]
+    model: Option<PathBuf>,
 }
 
 impl Default for Command {
@@ -210,6 +221,17 @@ pub fn main() -> u8 {
             let args = cli.train.then(after);
             let opts = job::Options { channels: args.channels };
             run_train(&paths, &opts, args.output.as_ref())
+        }
+        Command::Serve(args) => {
+            let model = args.model.unwrap_or_else(|| crate::serve::default_model(paths.base()));
+            match crate::serve::main(&model) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    EXIT_INTERNAL_ERROR
+                }
+            }
         }
         Command::Predict(_) if !cli.train.channels.is_empty() || cli.train.output.is_some() => {
             Cli::command()
@@ -357,7 +379,7 @@ fn usage_error(e: clap::Error) -> u8 {
         return e.exit_code() as u8;
     }
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.iter().any(|a| a == "predict") {
+    if args.iter().any(|a| a == "predict" || a == "serve") {
         return predict::EXIT_FAILED;
     }
     let rendered = e.render().to_string();

@@ -28,6 +28,7 @@
 //! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
 //! | [`crash`]     | a failure file even after a panic or an abort                         |
+//! | [`serve`]     | `train serve`: SageMaker's hosting contract over the same forward pass |
 //! | [`predict`]   | `train predict`: a saved model classifies PNG, JPEG or IDX images    |
 //!
 //! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
@@ -56,5 +57,6 @@ pub mod plots;
 pub mod predict;
 pub mod report;
 pub mod s3;
+pub mod serve;
 pub mod step;
 pub mod train;

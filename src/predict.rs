@@ -111,7 +111,8 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    fn shape(&self) -> (usize, usize) {
+    /// The input's rows and columns, as `model.json` gives them.
+    pub fn shape(&self) -> (usize, usize) {
         (self.card.input.shape[0], self.card.input.shape[1])
     }
 }
@@ -306,10 +307,21 @@ fn read_picture(
         return Err(format!("is {len} bytes, over the {MAX_IMAGE_FILE}-byte limit for an image"));
     }
     let bytes = files::read_limited(path, MAX_IMAGE_FILE).map_err(|e| strip_path(path, &e))?;
+    decode_picture(&bytes, (rows, cols))
+}
+
+/// A PNG or JPEG picture's grey pixels, `rows × cols` of them, told apart by content; `Err` says
+/// in words why it cannot be classified. The one decoder of pictures, for `predict` and `serve`.
+pub fn decode_picture(
+    bytes: &[u8],
+    (rows, cols): (usize, usize),
+) -> std::result::Result<Vec<u8>, String> {
     if bytes.starts_with(&PNG_MAGIC) {
-        read_png(&bytes, (rows, cols))
+        read_png(bytes, (rows, cols))
+    } else if bytes.starts_with(&JPEG_MAGIC) {
+        read_jpeg(bytes, (rows, cols))
     } else {
-        read_jpeg(&bytes, (rows, cols))
+        Err("is not a PNG or JPEG image".into())
     }
 }
 

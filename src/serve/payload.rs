@@ -1,0 +1,416 @@
+//! Request bodies into a batch of images, predictions into response bodies: the pure half of
+//! `serve`, with no HTTP in it. Every error is a sentence for the client, naming the image and
+//! what was expected.
+
+use serde::Serialize;
+
+use crate::evaluation::Predictions;
+
+/// The request formats `POST /invocations` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Json,
+    JsonLines,
+    Csv,
+    Npy,
+    /// PNG or JPEG, one image per request (`image/png`, `image/jpeg`, `application/x-image`).
+    Picture,
+}
+
+/// The response formats, from `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    JsonLines,
+    Csv,
+}
+
+/// The media type without its parameters, lower-cased.
+fn essence(media: &str) -> String {
+    media.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+impl Input {
+    /// `Content-Type`'s format; `None` for a type this server does not read.
+    pub fn from_content_type(header: Option<&str>) -> Option<Self> {
+        Some(match essence(header.unwrap_or("application/json")).as_str() {
+            "application/json" => Input::Json,
+            "application/jsonlines" | "application/x-jsonlines" | "application/jsonl" => {
+                Input::JsonLines
+            }
+            "text/csv" => Input::Csv,
+            "application/x-npy" => Input::Npy,
+            "image/png" | "image/jpeg" | "application/x-image" => Input::Picture,
+            _ => return None,
+        })
+    }
+}
+
+impl Output {
+    /// The first type in `Accept` this server writes; a missing header or `*/*` is JSON.
+    pub fn from_accept(header: Option<&str>) -> Option<Self> {
+        let Some(header) = header.filter(|h| !h.trim().is_empty()) else {
+            return Some(Output::Json);
+        };
+        header.split(',').find_map(|item| match essence(item).as_str() {
+            "application/json" | "*/*" | "application/*" => Some(Output::Json),
+            "application/jsonlines" | "application/x-jsonlines" | "application/jsonl" => {
+                Some(Output::JsonLines)
+            }
+            "text/csv" | "text/*" => Some(Output::Csv),
+            _ => None,
+        })
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Output::Json => "application/json",
+            Output::JsonLines => "application/jsonlines",
+            Output::Csv => "text/csv",
+        }
+    }
+}
+
+/// Images, `features` pixel values (0–255) each, as floats: what the model takes before
+/// `model.json`'s scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub pixels: Vec<f32>,
+    pub count: usize,
+}
+
+/// Decodes a request body of `input` format into images of `rows × cols` pixels.
+pub fn decode(input: Input, body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> {
+    let features = rows * cols;
+    let batch = match input {
+        Input::Json => {
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+            let images = match value {
+                serde_json::Value::Object(mut o) => match o.remove("instances") {
+                    Some(serde_json::Value::Array(a)) => a,
+                    _ => {
+                        return Err(
+                            "a JSON object body needs \"instances\": a list of images".into()
+                        )
+                    }
+                },
+                serde_json::Value::Array(a) => a,
+                _ => {
+                    return Err(
+                        "the JSON body must be a list of images or {\"instances\": [...]}".into()
+                    )
+                }
+            };
+            from_json_images(images.iter(), features, (rows, cols))?
+        }
+        Input::JsonLines => {
+            let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text")?;
+            let mut images = Vec::new();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("line {}: not JSON: {e}", i + 1))?;
+                images.push(v);
+            }
+            from_json_images(images.iter(), features, (rows, cols))?
+        }
+        Input::Csv => from_csv(body, features)?,
+        Input::Npy => from_npy(body, (rows, cols))?,
+        Input::Picture => {
+            let pixels = crate::predict::decode_picture(body, (rows, cols))
+                .map_err(|why| format!("the image {why}"))?;
+            Batch { pixels: pixels.into_iter().map(f32::from).collect(), count: 1 }
+        }
+    };
+    if batch.count == 0 {
+        return Err("the body holds no image".into());
+    }
+    Ok(batch)
+}
+
+/// One image from JSON: `features` numbers, or `rows` lists of `cols` numbers.
+fn from_json_images<'a>(
+    images: impl Iterator<Item = &'a serde_json::Value>,
+    features: usize,
+    (rows, cols): (usize, usize),
+) -> Result<Batch, String> {
+    let mut pixels = Vec::new();
+    let mut count = 0;
+    for (i, image) in images.enumerate() {
+        let serde_json::Value::Array(items) = image else {
+            return Err(format!("image {i} is not a list of pixel values"));
+        };
+        let nested = items.first().is_some_and(serde_json::Value::is_array);
+        let flat: Vec<&serde_json::Value> = if nested {
+            if items.len() != rows {
+                return Err(format!(
+                    "image {i} has {} rows; expected {rows} of {cols} values",
+                    items.len()
+                ));
+            }
+            let mut flat = Vec::with_capacity(features);
+            for (r, row) in items.iter().enumerate() {
+                match row {
+                    serde_json::Value::Array(row) if row.len() == cols => flat.extend(row),
+                    serde_json::Value::Array(row) => {
+                        return Err(format!(
+                            "image {i} row {r} has {} values; expected {cols}",
+                            row.len()
+                        ))
+                    }
+                    _ => return Err(format!("image {i} row {r} is not a list")),
+                }
+            }
+            flat
+        } else {
+            items.iter().collect()
+        };
+        if flat.len() != features {
+            return Err(format!("image {i} has {} values; expected {features}", flat.len()));
+        }
+        for (j, v) in flat.into_iter().enumerate() {
+            let x = v.as_f64().ok_or_else(|| format!("image {i} value {j} is not a number"))?;
+            pixels.push(pixel(x).ok_or_else(|| format!("image {i} value {j} is {x}; {RANGE}"))?);
+        }
+        count += 1;
+    }
+    Ok(Batch { pixels, count })
+}
+
+const RANGE: &str = "pixel values are 0 to 255";
+
+fn pixel(x: f64) -> Option<f32> {
+    (0.0..=255.0).contains(&x).then_some(x as f32)
+}
+
+fn from_csv(body: &[u8], features: usize) -> Result<Batch, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text")?;
+    let mut pixels = Vec::new();
+    let mut count = 0;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let mut n = 0;
+        for (j, field) in line.split(',').enumerate() {
+            let x: f64 = field.trim().parse().map_err(|_| {
+                format!(
+                    "image {count} value {j} is {:?}, not a number",
+                    crate::error::clip(field, 40)
+                )
+            })?;
+            pixels
+                .push(pixel(x).ok_or_else(|| format!("image {count} value {j} is {x}; {RANGE}"))?);
+            n += 1;
+        }
+        if n != features {
+            return Err(format!("image {count} has {n} values; expected {features}"));
+        }
+        count += 1;
+    }
+    Ok(Batch { pixels, count })
+}
+
+/// A NumPy `.npy` array (format 1 to 3): `uint8` or `float32`, C order, shaped `(N, rows,
+/// cols)`, `(N, rows × cols)`, `(rows, cols)` or `(rows × cols,)`.
+fn from_npy(body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> {
+    const MAGIC: &[u8] = b"\x93NUMPY";
+    if !body.starts_with(MAGIC) || body.len() < 10 {
+        return Err("the body is not a .npy array (no \\x93NUMPY header)".into());
+    }
+    let (header_len, start) = match body[6] {
+        1 => (u16::from_le_bytes([body[8], body[9]]) as usize, 10usize),
+        2 | 3 if body.len() >= 12 => {
+            (u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize, 12)
+        }
+        v => return Err(format!("the .npy format version {v} is not one this server reads")),
+    };
+    let header = body
+        .get(start..start.saturating_add(header_len))
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("the .npy header is truncated")?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        Some(header[at..].trim_start().strip_prefix(':')?.trim_start())
+    };
+    let descr =
+        field("descr").and_then(|d| d.split('\'').nth(1)).ok_or("the .npy header has no descr")?;
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err("the .npy array is in Fortran order; send it in C order".into());
+    }
+    let shape = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or("the .npy header has no shape")?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse().map_err(|_| format!("the .npy shape ({shape}) is not a list of sizes")))
+        .collect::<Result<_, _>>()?;
+    let features = rows * cols;
+    let count = match dims.as_slice() {
+        [n, r, c] if (*r, *c) == (rows, cols) => *n,
+        [n, f] if *f == features => *n,
+        [r, c] if (*r, *c) == (rows, cols) => 1,
+        [f] if *f == features => 1,
+        _ => {
+            return Err(format!(
+                "the .npy array has shape {dims:?}; expected (N, {rows}, {cols}) or (N, {features})"
+            ))
+        }
+    };
+    let data = &body[start + header_len..];
+    let values = count.checked_mul(features).ok_or("the .npy shape is too large")?;
+    let pixels: Vec<f32> = match descr {
+        "|u1" | "<u1" | "u1" => {
+            check_len(data.len(), values, 1)?;
+            data[..values].iter().map(|&b| f32::from(b)).collect()
+        }
+        "<f4" => {
+            check_len(data.len(), values, 4)?;
+            let mut out = Vec::with_capacity(values);
+            for (j, b) in data[..values * 4].chunks_exact(4).enumerate() {
+                let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if !(0.0..=255.0).contains(&x) {
+                    return Err(format!(
+                        "image {} value {} is {x}; {RANGE}",
+                        j / features,
+                        j % features
+                    ));
+                }
+                out.push(x);
+            }
+            out
+        }
+        other => {
+            return Err(format!("the .npy dtype {other:?} is not uint8 or float32 (little-endian)"))
+        }
+    };
+    Ok(Batch { pixels, count })
+}
+
+fn check_len(have: usize, values: usize, width: usize) -> Result<(), String> {
+    if have < values * width {
+        return Err(format!(
+            "the .npy data holds {have} bytes; its shape needs {}",
+            values * width
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Prediction<'a> {
+    class: usize,
+    class_name: &'a str,
+    probabilities: &'a [f32],
+}
+
+/// The response body for `p`, in `output` format.
+pub fn encode(output: Output, p: &Predictions, names: &[String]) -> Vec<u8> {
+    let one = |i: usize| Prediction {
+        class: p.classes[i],
+        class_name: &names[p.classes[i]],
+        probabilities: p.probabilities(i),
+    };
+    match output {
+        Output::Json => {
+            // Serialised as f32 (not through serde_json::Value's f64), so the digits are those
+            // `predict` writes for the same probabilities.
+            #[derive(Serialize)]
+            struct All<'a> {
+                predictions: Vec<Prediction<'a>>,
+            }
+            let all = All { predictions: (0..p.len()).map(one).collect() };
+            let mut body = serde_json::to_vec(&all).expect("predictions serialise");
+            body.push(b'\n');
+            body
+        }
+        Output::JsonLines => {
+            let mut body = Vec::new();
+            for i in 0..p.len() {
+                serde_json::to_writer(&mut body, &one(i)).expect("a prediction serialises");
+                body.push(b'\n');
+            }
+            body
+        }
+        Output::Csv => {
+            use std::fmt::Write;
+            let mut text = String::new();
+            for i in 0..p.len() {
+                let _ = write!(text, "{}", p.classes[i]);
+                for q in p.probabilities(i) {
+                    let _ = write!(text, ",{q}");
+                }
+                text.push('\n');
+            }
+            text.into_bytes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: (usize, usize) = (2, 2);
+
+    #[test]
+    fn content_types_and_accept_pick_formats() {
+        assert_eq!(Input::from_content_type(Some("text/csv; charset=utf-8")), Some(Input::Csv));
+        assert_eq!(Input::from_content_type(None), Some(Input::Json));
+        assert_eq!(Input::from_content_type(Some("application/x-image")), Some(Input::Picture));
+        assert_eq!(Input::from_content_type(Some("text/plain")), None);
+        assert_eq!(Output::from_accept(None), Some(Output::Json));
+        assert_eq!(Output::from_accept(Some("text/html, text/csv;q=0.9")), Some(Output::Csv));
+        assert_eq!(Output::from_accept(Some("*/*")), Some(Output::Json));
+        assert_eq!(Output::from_accept(Some("image/png")), None);
+    }
+
+    #[test]
+    fn json_csv_and_npy_give_the_same_batch() {
+        let want = Batch { pixels: vec![0.0, 1.0, 2.0, 255.0, 4.0, 5.0, 6.0, 7.0], count: 2 };
+        for body in [r#"[[0,1,2,255],[4,5,6,7]]"#, r#"{"instances": [[[0,1],[2,255]], [4,5,6,7]]}"#]
+        {
+            assert_eq!(decode(Input::Json, body.as_bytes(), SHAPE), Ok(want.clone()), "{body}");
+        }
+        assert_eq!(
+            decode(Input::JsonLines, b"[0,1,2,255]\n\n[[4,5],[6,7]]\n", SHAPE),
+            Ok(want.clone())
+        );
+        assert_eq!(decode(Input::Csv, b"0,1,2,255\n4,5,6,7\n", SHAPE), Ok(want.clone()));
+        let npy = |descr: &str, shape: &str, data: &[u8]| {
+            let mut h =
+                format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+            while (10 + h.len() + 1) % 64 != 0 {
+                h.push(' ');
+            }
+            h.push('\n');
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend((h.len() as u16).to_le_bytes());
+            b.extend(h.as_bytes());
+            b.extend(data);
+            b
+        };
+        let u8s = [0u8, 1, 2, 255, 4, 5, 6, 7];
+        assert_eq!(decode(Input::Npy, &npy("|u1", "(2, 2, 2)", &u8s), SHAPE), Ok(want.clone()));
+        let f32s: Vec<u8> = u8s.iter().flat_map(|&v| f32::from(v).to_le_bytes()).collect();
+        assert_eq!(decode(Input::Npy, &npy("<f4", "(2, 4)", &f32s), SHAPE), Ok(want));
+        let e = decode(Input::Npy, &npy("<f8", "(2, 4)", &f32s), SHAPE).unwrap_err();
+        assert!(e.contains("dtype \"<f8\""), "{e}");
+        let e = decode(Input::Npy, &npy("|u1", "(2, 3)", &u8s), SHAPE).unwrap_err();
+        assert!(e.contains("shape [2, 3]"), "{e}");
+    }
+
+    #[test]
+    fn bad_images_are_named_with_what_was_expected() {
+        let e = decode(Input::Json, br#"[[0,1,2,3],[0,1,2]]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 1 has 3 values; expected 4");
+        let e = decode(Input::Csv, b"0,1,2,3\n0,1,2,300\n", SHAPE).unwrap_err();
+        assert_eq!(e, "image 1 value 3 is 300; pixel values are 0 to 255");
+        let e = decode(Input::Json, br#"{"x": 1}"#, SHAPE).unwrap_err();
+        assert!(e.contains("\"instances\""), "{e}");
+        assert_eq!(decode(Input::Csv, b"\n", SHAPE).unwrap_err(), "the body holds no image");
+        assert!(decode(Input::Picture, b"GIF89a", SHAPE)
+            .unwrap_err()
+            .contains("not a PNG or JPEG"));
+    }
+}
