@@ -504,3 +504,51 @@ fn killing_one_host_fails_the_other_promptly() {
     assert!(failure.contains("another host probably stopped"), "{failure}");
     assert!(!model.path().join("model.safetensors").exists());
 }
+
+/// `IMAGE serve` as SageMaker hosting runs it: the model mounted at /opt/ml/model, port 8080
+/// published, /ping and /invocations from outside the container, then `docker stop`.
+#[test]
+fn serve_answers_from_outside_the_container_and_stops_cleanly() {
+    let Some(image) = image() else { return };
+    let model = crate::serve::model_dir_of_trained();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let c = Container::new();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let mount = format!("{}:/opt/ml/model:ro", model.display());
+    let started = docker(&[
+        "run",
+        "--detach",
+        "--name",
+        c.name(),
+        "-p",
+        &publish,
+        "-v",
+        &mount,
+        "--env",
+        "OMP_NUM_THREADS=1",
+        &image,
+        "serve",
+    ]);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    c.wait_for_log("model ready", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::serve::try_ping(port) != Some(200) {
+        assert!(Instant::now() < deadline, "no 200 on /ping through the port:\n{}", c.logs().1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pixels: Vec<String> = (0..784).map(|i| (i % 256).to_string()).collect();
+    let (status, body) = crate::serve::request(
+        port,
+        "POST",
+        "/invocations",
+        &[("Content-Type", "text/csv"), ("Accept", "application/json")],
+        pixels.join(",").as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", text(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["predictions"].as_array().unwrap().len(), 1);
+    let stopped = Instant::now();
+    assert!(docker(&["stop", "--time", "30", c.name()]).status.success());
+    assert_eq!(c.exit_code(), 0, "{}", c.logs().1);
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+}

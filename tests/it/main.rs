@@ -11,5 +11,6 @@ mod outputs;
 mod predict;
 mod reliability;
 mod s3;
+mod serve;
 mod training;
 mod util;

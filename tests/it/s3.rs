@@ -3,7 +3,7 @@
 //! enforced for requests that must be denied. No part of the S3 API is mocked. Each test
 //! starts its own server.
 
-mod server;
+pub(crate) mod server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

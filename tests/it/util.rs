@@ -166,16 +166,6 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The variable that lets tests whose parts are missing (Docker, an S3 server) be skipped.
-pub const ALLOW_SKIP: &str = "SMTRAIN_TESTS_ALLOW_SKIP";
-
-/// A test's real part is missing. By default that fails the test, since a test that did not
-/// run must not read as one that passed; with `SMTRAIN_TESTS_ALLOW_SKIP=1` (a machine without
-/// Docker, say) it says SKIPPED on stderr and the caller returns.
-pub fn missing(why: &str) {
-    if std::env::var(ALLOW_SKIP).is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: {why} ({ALLOW_SKIP}=1)");
-    } else {
-        panic!("{why}: run the tests with `make test`, which sets up every part, or set {ALLOW_SKIP}=1 to skip them");
-    }
-}
+/// The missing-part rule (fail, or SKIPPED with `SMTRAIN_TESTS_ALLOW_SKIP=1`); it lives beside
+/// the S3 server helper, which `bench/s3.rs` includes without this crate.
+pub use crate::s3::server::missing;
