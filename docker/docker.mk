@@ -40,21 +40,23 @@ DOCKER_BUILD_ARGS = -f docker/Dockerfile \
   docker-image-from-source \
   docker-train docker-sizes docker-clean
 
-# The Rust tests run the cpu image; `make test` builds it first. Under CI that is required (a
-# missing engine fails the build); elsewhere a machine without a Docker engine skips the image
-# tests, and says so.
+# The Rust tests run the cpu image; `make test` builds it first, and a missing Docker engine fails
+# the run: a test that did not run must not read as passed. SMTRAIN_TESTS_ALLOW_SKIP=1 (a machine
+# without Docker) probes the engine instead, and without one the image tests say SKIPPED.
 # The engine is probed only when tests are asked for: other targets (push, submit) must not
 # touch Docker at parse time.
-ifeq ($(CI),)
+ifeq ($(SMTRAIN_TESTS_ALLOW_SKIP),1)
 ifneq ($(filter test test-rust,$(MAKECMDGOALS)),)
 DOCKER_ENGINE := $(shell $(DOCKER) info >/dev/null 2>&1 && echo yes)
 endif
+else
+DOCKER_ENGINE := required
 endif
-ifneq ($(CI)$(DOCKER_ENGINE),)
+ifneq ($(DOCKER_ENGINE),)
 TEST_RUST_PREREQS += docker-image
 test-rust: export SMTRAIN_IMAGE = $(IMAGE_CPU)
 else ifneq ($(filter test test-rust,$(MAKECMDGOALS)),)
-$(info No Docker engine here: `make test` skips the image tests (under CI they are required).)
+$(info No Docker engine here: SMTRAIN_TESTS_ALLOW_SKIP=1, so the image tests say SKIPPED.)
 endif
 
 docker-deps:
