@@ -3,13 +3,12 @@
 //! result; nothing blocks, reads without end or allocates more than the host has. (The S3
 //! stalls are in `s3.rs`, beside the server they pause.)
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::predict::predict_cmd;
-use crate::util::{fails_with, fixture, mkfifo, names_in, Job, Run, BIN};
+use crate::util::{fails_with, fixture, mkfifo, names_in, Job, Run, Started, BIN};
 
 /// Runs `job`, which must fail as a user error within `limit`; returns the failure.
 fn fails_fast(job: &Job, limit: Duration, needles: &[&str]) -> String {
@@ -17,24 +16,6 @@ fn fails_fast(job: &Job, limit: Duration, needles: &[&str]) -> String {
     let failure = fails_with(job, needles);
     assert!(started.elapsed() < limit, "took {:?}: {failure}", started.elapsed());
     failure
-}
-
-/// Starts `train` for `job` and waits for `needle` in its log; returns the child and the log.
-fn start_until(cmd: &mut Command, needle: &str) -> (std::process::Child, String) {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no {needle:?} line:\n{log}");
-        log.push_str(&line);
-        if line.contains(needle) {
-            break;
-        }
-    }
-    // Keep draining, so the child never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, log)
 }
 
 #[test]
@@ -84,10 +65,10 @@ fn omp_num_threads_beyond_the_cap_is_refused() {
 #[test]
 fn an_abort_mid_training_leaves_a_failure_file() {
     let job = Job::small(&[("epochs", "200")]);
-    let (mut child, _) = start_until(&mut job.command(), "epoch done");
+    let started = Started::until(&mut job.command(), "epoch done");
     // SAFETY: a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGABRT) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(started.child.id() as i32, libc::SIGABRT) };
+    let (status, _) = started.finish();
     assert_eq!(status.code(), Some(2), "{status:?}");
     let failure = job.failure().expect("failure file");
     assert!(failure.starts_with("InternalError: the process aborted (SIGABRT)"), "{failure}");
@@ -155,7 +136,7 @@ fn a_full_disk_leaves_no_model_behind() {
 #[test]
 fn a_second_run_on_a_base_in_use_is_refused_and_writes_nothing() {
     let job = Job::small(&[("epochs", "400")]);
-    let (mut first, _) = start_until(&mut job.command(), "data loaded");
+    let first = Started::until(&mut job.command(), "data loaded");
     let second = job.run();
     assert_eq!(second.code(), Some(1), "{}", second.stderr());
     assert!(
@@ -164,7 +145,7 @@ fn a_second_run_on_a_base_in_use_is_refused_and_writes_nothing() {
         second.stderr()
     );
     assert!(job.failure().is_none(), "the second run wrote a failure: {:?}", job.failure());
-    assert!(first.wait().unwrap().success());
+    assert!(first.finish().0.success());
     assert!(job.succeeded() && job.failure().is_none());
 }
 

@@ -5,7 +5,6 @@
 
 pub(crate) mod server;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -19,7 +18,7 @@ use smtrain::s3::{S3Uri, TransferOptions};
 use smtrain::train::{evaluate, DeviceData};
 use tch::Device;
 
-use crate::util::{fixture, Job, Run};
+use crate::util::{fixture, Job, Run, Started};
 use server::{BreakingProxy, Fault, Keys, Server};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
@@ -297,26 +296,40 @@ fn broken_download_is_resumed_byte_for_byte() {
     assert!(std::fs::read(dir.path().join("train/blob.bin")).unwrap() == bytes);
 }
 
-/// SIGTERM during a download stops the job promptly, as during training, and cleans up.
-#[test]
-fn sigterm_during_download_stops_and_cleans_up() {
-    let Some(s) = Server::start() else { return };
+/// Puts a 96 MiB object under s3://big/train/ and starts `train` downloading it in 5 MiB
+/// ranges, one at a time; returns once the object's temporary file has bytes in it, with the
+/// temporary file's path.
+fn big_download(
+    s: &Server,
+    job: &Job,
+    seed: u64,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     s.create_bucket("big");
-    s.put("big", "train/blob.bin", random_bytes(96 << 20, 13));
-    let job = Job::new();
-    let mut child = command(&job, Some(&s))
+    s.put("big", "train/blob.bin", random_bytes(96 << 20, seed));
+    let mut child = command(job, Some(s))
         .args(["--channel", "train=s3://big/train/"])
         .env("SMTRAIN_S3_CONCURRENCY", "1")
         .env("SMTRAIN_S3_MULTIPART_THRESHOLD", "5MiB")
         .env("SMTRAIN_S3_PART_SIZE", "5MiB")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_partial(&job, &mut child);
+    let partial = wait_for_partial(job, &mut child);
+    (child, partial)
+}
+
+/// SIGTERM during a download stops the job promptly, as during training, and cleans up.
+#[test]
+fn sigterm_during_download_stops_and_cleans_up() {
+    let Some(s) = Server::start() else { return };
+    let job = Job::new();
+    let (child, _) = big_download(&s, &job, 13, &[]);
     let sent = std::time::Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = child.wait_with_output().unwrap().status;
     assert!(sent.elapsed().as_secs_f64() < 5.0, "took {:?}", sent.elapsed());
     assert_eq!(status.code(), Some(143));
     assert!(job.failure().unwrap().starts_with("Stopped: stopped by SIGTERM"));
@@ -413,21 +426,10 @@ fn failed_multipart_upload_is_aborted_leaving_no_parts() {
 #[test]
 fn server_stopped_mid_download_leaves_no_complete_looking_file() {
     let Some(mut s) = Server::start() else { return };
-    s.create_bucket("big");
-    s.put("big", "train/blob.bin", random_bytes(96 << 20, 11));
     let job = Job::new();
     job.hyperparameters(&[("epochs", "1")]);
-    let mut child = command(&job, Some(&s))
-        .args(["--channel", "train=s3://big/train/"])
-        .env("SMTRAIN_S3_CONCURRENCY", "1")
-        .env("SMTRAIN_S3_MULTIPART_THRESHOLD", "5MiB")
-        .env("SMTRAIN_S3_PART_SIZE", "5MiB")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Kill the server as soon as the object's temporary file has bytes in it.
-    let partial = wait_for_partial(&job, &mut child);
+    let (child, partial) = big_download(&s, &job, 11, &[]);
     let data = job.path("input/data");
     s.kill();
     let out = child.wait_with_output().unwrap();
@@ -447,20 +449,8 @@ fn server_stopped_mid_download_leaves_no_complete_looking_file() {
 #[test]
 fn a_server_that_hangs_mid_download_fails_the_job_naming_the_object() {
     let Some(s) = Server::start() else { return };
-    s.create_bucket("big");
-    s.put("big", "train/blob.bin", random_bytes(96 << 20, 17));
     let job = Job::new();
-    let mut child = command(&job, Some(&s))
-        .args(["--channel", "train=s3://big/train/"])
-        .env("SMTRAIN_S3_CONCURRENCY", "1")
-        .env("SMTRAIN_S3_MULTIPART_THRESHOLD", "5MiB")
-        .env("SMTRAIN_S3_PART_SIZE", "5MiB")
-        .env("SMTRAIN_S3_STALL_TIMEOUT", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_partial(&job, &mut child);
+    let (child, _) = big_download(&s, &job, 17, &[("SMTRAIN_S3_STALL_TIMEOUT", "2")]);
     s.pause();
     let paused = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -481,25 +471,16 @@ fn a_server_that_hangs_during_the_upload_fails_the_job_naming_the_object() {
     let Some(s) = Server::start() else { return };
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "40")]);
-    let mut child = command(&job, Some(&s))
-        .args(["--output", "s3://out/p/"])
-        .env("TRAINING_JOB_NAME", "hung")
-        .env("SMTRAIN_S3_STALL_TIMEOUT", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    while !log.contains("data loaded") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no 'data loaded' line:\n{log}");
-        log.push_str(&line);
-    }
+    let started = Started::until(
+        command(&job, Some(&s))
+            .args(["--output", "s3://out/p/"])
+            .env("TRAINING_JOB_NAME", "hung")
+            .env("SMTRAIN_S3_STALL_TIMEOUT", "2"),
+        "data loaded",
+    );
     s.pause();
     let paused = std::time::Instant::now();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
-    let status = child.wait().unwrap();
+    let (status, log) = started.finish();
     let waited = paused.elapsed();
     s.resume();
     assert!(waited.as_secs() < 90, "took {waited:?}:\n{log}");
@@ -557,26 +538,12 @@ fn failed_upload_after_training_fails_the_job_naming_the_object() {
     let Some(mut s) = Server::start() else { return };
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "40")]);
-    let mut child = command(&job, Some(&s))
-        .args(["--output", "s3://out/p/"])
-        .env("TRAINING_JOB_NAME", "lost")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no 'data loaded' line:\n{log}");
-        log.push_str(&line);
-        if line.contains("data loaded") {
-            break;
-        }
-    }
+    let started = Started::until(
+        command(&job, Some(&s)).args(["--output", "s3://out/p/"]).env("TRAINING_JOB_NAME", "lost"),
+        "data loaded",
+    );
     s.kill();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
-    let status = child.wait().unwrap();
+    let (status, log) = started.finish();
     assert_ne!(status.code(), Some(0), "{log}");
     let failure = job.failure().expect("failure file");
     // output.tar.gz goes up first, so a model.tar.gz in the prefix means both are there.

@@ -1,8 +1,9 @@
 //! A temporary SageMaker base folder and helpers to fill it, run `train` in it, and read what
 //! the run left behind.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_train");
 
@@ -169,3 +170,39 @@ pub fn names_in(dir: &Path) -> Vec<String> {
 /// The missing-part rule (fail, or SKIPPED with `SMTRAIN_TESTS_ALLOW_SKIP=1`); it lives beside
 /// the S3 server helper, which `bench/s3.rs` includes without this crate.
 pub use crate::s3::server::missing;
+
+/// A `train` started in the background, its log read up to a line the test waited for.
+pub struct Started {
+    pub child: Child,
+    /// The log up to and including the awaited line.
+    pub log: String,
+    rest: std::thread::JoinHandle<String>,
+}
+
+impl Started {
+    /// Spawns `cmd` and waits for a log line containing `needle`. The rest of the log keeps
+    /// being read, so the child never blocks on a full pipe.
+    pub fn until(cmd: &mut Command, needle: &str) -> Self {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        while !log.lines().any(|l| l.contains(needle)) {
+            let mut line = String::new();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "no {needle:?} line:\n{log}");
+            log.push_str(&line);
+        }
+        let rest = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        Self { child, log, rest }
+    }
+
+    /// Waits for the exit; the exit status and the whole log.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let rest = self.rest.join().unwrap();
+        (status, self.log + &rest)
+    }
+}
