@@ -176,6 +176,7 @@ impl Adam {
                 return unsafe { self.update_avx512(p, g, m, v) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports the features the function is compiled for.
                 return unsafe { self.update_avx2(p, g, m, v) };
             }
         }

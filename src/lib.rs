@@ -33,6 +33,9 @@
 //!
 //! Errors caused by the job's input are [`error::UserError`]s; everything else is ours.
 
+// Every `unsafe` block says why it is sound, where a reviewer reads it.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod artifacts;
 pub mod budget;
 pub mod checkpoint;

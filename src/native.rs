@@ -35,6 +35,7 @@ fn check(msg: *mut c_char, op: &str) -> Result<()> {
     }
     // SAFETY: the shim returns a NUL-terminated string from strdup, which we own.
     let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
+    // SAFETY: `msg` came from strdup (malloc) in the shim and is freed once, here.
     unsafe { libc::free(msg as *mut c_void) };
     Err(anyhow!("{op}: {text}"))
 }

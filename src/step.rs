@@ -382,9 +382,9 @@ impl Step for HostStep<'_> {
             }
             None => (loss, correct),
         };
-        // SAFETY (here and below): each buffer is a contiguous CPU tensor of the stated type,
-        // each slice ends before libtorch touches that storage again, and libtorch's CPU
-        // operations have finished when they return.
+        // SAFETY: each buffer is a contiguous CPU tensor of the stated type, each slice ends
+        // before libtorch touches that storage again, and libtorch's CPU operations have
+        // finished when they return. Every `slice` in this file relies on the same three facts.
         unsafe {
             host::<f32>(&state.loss_sum)[0] += loss;
             host::<i64>(&state.correct)[0] += correct;
@@ -418,15 +418,16 @@ impl HostStep<'_> {
         let b = &self.buffers[pos];
         let last = self.sizes.len() - 2;
         let mask = |i: usize| (self.cfg.dropout > 0.0).then(|| b.masks[i].as_slice());
-        // SAFETY (every `slice` below): as in `step`.
         for i in 0..=last {
             let out = if i == last { &b.logits } else { &b.hidden[i] };
             self.layer_forward(i, b.input(i), out, rows);
             if i < last {
+                // SAFETY: as in `step`.
                 unsafe { kernels::relu_dropout(out.slice(), mask(i)) };
             }
         }
         let classes = self.sizes[last + 1];
+        // SAFETY: as in `step`.
         let (loss, correct) =
             unsafe { kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch) };
 
@@ -438,6 +439,7 @@ impl HostStep<'_> {
             if i > 0 {
                 let dx = &b.deltas[i - 1];
                 self.layer_input_gradient(i, delta, dx, rows);
+                // SAFETY: as in `step`; `dx` and the hidden layer are different buffers.
                 unsafe {
                     kernels::relu_dropout_backward(dx.slice(), b.hidden[i - 1].slice(), mask(i - 1))
                 };
@@ -486,15 +488,17 @@ impl HostStep<'_> {
     /// Layer `i`'s output before its activation, `out = x · wᵀ + b`.
     fn layer_forward(&self, i: usize, x: &HostBuf, out: &HostBuf, rows: usize) {
         let (k, bias) = (self.sizes[i], &self.biases[i]);
-        // SAFETY (each `slice`): as in `step`.
         if small_layer(&self.sizes, i, rows) {
             let w = &self.weights[i];
+            // SAFETY: as in `step`; the four buffers are distinct.
             unsafe { kernels::linear(x.slice(), w.slice(), bias.slice(), k, out.slice()) };
             return;
         }
         // Bias rows written here and the product added onto them (MKL with beta 1) cost less
         // than addmm's own broadcast copy.
+        // SAFETY: as in `step`; the bias and output buffers are distinct.
         let bias = unsafe { bias.slice() };
+        // SAFETY: as in `step`; the slice ends before addmm_out below touches the storage.
         for row in unsafe { out.slice() }.chunks_exact_mut(self.sizes[i + 1]) {
             row.copy_from_slice(bias);
         }
@@ -513,13 +517,15 @@ impl HostStep<'_> {
     ) {
         let (k, n) = (self.sizes[i], self.sizes[i + 1]);
         let gw = &self.weight_grads[i];
-        // SAFETY (each `slice`): as in `step`.
+        // SAFETY: as in `step`; delta and the bias gradient are distinct buffers.
         unsafe { kernels::column_sums(delta.slice(), n, self.bias_grads[i].slice()) };
         if small_layer(&self.sizes, i, rows) {
+            // SAFETY: as in `step`; the three buffers are distinct.
             unsafe { kernels::weight_grad(delta.slice(), x.slice(), k, gw.slice()) };
         } else {
             // Zeroed here and accumulated onto (beta 1): MKL zeroes for beta 0 more slowly
             // than memset.
+            // SAFETY: as in `step`; the slice ends before addmm_out touches the storage.
             unsafe { gw.slice().fill(0.0) };
             let _ = gw.tensor.addmm_out(&gw.tensor, delta_t, &x.tensor);
         }
