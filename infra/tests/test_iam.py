@@ -102,8 +102,10 @@ def conditions_hold(conditions, context):
 
 
 def role_policy():
-    (policy,) = TEMPLATE["Resources"]["SageMakerExecutionRole"]["Properties"]["Policies"]
-    return policy["PolicyDocument"]
+    """The execution role's policies (training, hosting) as one document."""
+    policies = TEMPLATE["Resources"]["SageMakerExecutionRole"]["Properties"]["Policies"]
+    return {"Version": "2012-10-17",
+            "Statement": [s for p in policies for s in listed(p["PolicyDocument"]["Statement"])]}
 
 
 def operator_policy():
@@ -160,10 +162,57 @@ class ExecutionRole(unittest.TestCase):
         for job in self.jobs:
             uri = job["OutputDataConfig"]["S3OutputPath"]
             model = object_arn(uri, "smtrain-1/output/model.tar.gz")
+            other = object_arn(uri, "smtrain-1/output/output.tar.gz")
             with self.subTest(uri):
                 self.assertTrue(allowed(self.role, "s3:PutObject", model))
-                self.assertFalse(allowed(self.role, "s3:GetObject", model))
+                self.assertTrue(allowed(self.role, "s3:PutObject", other))
+                # Models are read back for hosting (below); nothing else a job wrote is.
+                self.assertFalse(allowed(self.role, "s3:GetObject", other))
                 self.assertFalse(allowed(self.role, "s3:DeleteObject", model))
+
+    def test_endpoints_and_transforms_can_read_the_model_and_nothing_else_of_the_output(self):
+        model = rendered("model", JOB_NAME="smtrain-1")
+        url = model["PrimaryContainer"]["ModelDataUrl"]
+        self.assertEqual(model["ExecutionRoleArn"], rendered("training")["RoleArn"])
+        bucket, key = s3_parts(url)
+        self.assertTrue(allowed(self.role, "s3:GetObject", f"arn:aws:s3:::{bucket}/{key}"))
+        for other in ("output/smtrain-1/output/output.tar.gz", "output/smtrain-1/model.tar.gz",
+                      "transform/output/x/model.tar.gz", "model.tar.gz"):
+            with self.subTest(other):
+                self.assertFalse(allowed(self.role, "s3:GetObject",
+                                         f"arn:aws:s3:::{bucket}/{other}"))
+        self.assertFalse(allowed(self.role, "s3:GetObject",
+                                 f"arn:aws:s3:::someone-elses-bucket/{key}"))
+
+    def test_transform_jobs_can_read_their_input_and_write_their_output(self):
+        job = rendered("transform", JOB_NAME="smtrain-1", TRANSFORM_JOB_NAME="smtrain-t-1")
+        source = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        bucket, prefix = s3_parts(source)
+        self.assertTrue(allowed(self.role, "s3:ListBucket", f"arn:aws:s3:::{bucket}",
+                                {"s3:prefix": prefix}))
+        self.assertTrue(allowed(self.role, "s3:GetObject", object_arn(source, "test.csv")))
+        self.assertFalse(allowed(self.role, "s3:PutObject", object_arn(source, "test.csv")))
+        self.assertFalse(allowed(self.role, "s3:DeleteObject", object_arn(source, "test.csv")))
+        output = job["TransformOutput"]["S3OutputPath"]
+        self.assertTrue(allowed(self.role, "s3:PutObject", object_arn(output, "test.csv.out")))
+        self.assertTrue(allowed(self.role, "s3:AbortMultipartUpload",
+                                object_arn(output, "test.csv.out")))
+        self.assertFalse(allowed(self.role, "s3:GetObject", object_arn(output, "test.csv.out")))
+        self.assertFalse(allowed(self.role, "s3:ListBucket", f"arn:aws:s3:::{bucket}",
+                                 {"s3:prefix": "transform/output/smtrain-t-1/"}))
+
+    def test_endpoints_and_transforms_can_write_their_logs(self):
+        base = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker"
+        endpoint = rendered("endpoint", JOB_NAME="smtrain-1")["EndpointName"]
+        for group in (f"{base}/Endpoints/{endpoint}", f"{base}/TransformJobs"):
+            with self.subTest(group):
+                self.assertTrue(allowed(self.role, "logs:CreateLogGroup", group))
+                stream = f"{group}:log-stream:AllTraffic/i-0123456789abcdef0"
+                for action in ("logs:CreateLogStream", "logs:PutLogEvents",
+                               "logs:DescribeLogStreams"):
+                    self.assertTrue(allowed(self.role, action, stream), action)
+        self.assertFalse(allowed(self.role, "logs:PutLogEvents",
+                                 f"{base}/Endpoints/someone-else:log-stream:x"))
 
     def test_jobs_can_sync_their_checkpoints_both_ways(self):
         for job in self.jobs:
@@ -182,6 +231,10 @@ class ExecutionRole(unittest.TestCase):
             self.assertFalse(allowed(self.role, action, f"arn:aws:s3:::{BUCKET}/elsewhere/x"))
         self.assertFalse(allowed(self.role, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}",
                                  {"s3:prefix": "output/"}))
+        self.assertFalse(allowed(self.role, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}",
+                                 {"s3:prefix": "transform/output/"}))
+        self.assertFalse(allowed(self.role, "s3:PutObject",
+                                 f"arn:aws:s3:::{BUCKET}/transform/input/x/test.csv"))
         self.assertFalse(allowed(self.role, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {}))
         self.assertFalse(allowed(self.role, "s3:DeleteObject",
                                  f"arn:aws:s3:::{BUCKET}/output/smtrain-1/output/model.tar.gz"))
@@ -277,7 +330,56 @@ class Operators(unittest.TestCase):
                                     f"{base}:hyper-parameter-tuning-job/{tuning}"))
         self.assertFalse(allowed(self.policy, "sagemaker:CreateTrainingJob",
                                  f"{base}:training-job/someone-else"))
-        self.assertFalse(allowed(self.policy, "sagemaker:DeleteModel", f"{base}:model/smtrain"))
+        self.assertFalse(allowed(self.policy, "sagemaker:DeleteModel",
+                                 f"{base}:model/someone-else"))
+
+    def test_operators_may_deploy_invoke_transform_and_undeploy_what_the_targets_name(self):
+        job = "smtrain-20260101-120000"
+        model = rendered("model", JOB_NAME=job)["ModelName"]
+        config = rendered("endpoint-config", JOB_NAME=job)["EndpointConfigName"]
+        endpoint = rendered("endpoint", JOB_NAME=job)["EndpointName"]
+        transform = rendered("transform", JOB_NAME=job)["TransformJobName"]
+        base = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
+        # SageMaker writes the names in its ARNs in lower case.
+        arns = {"model": f"{base}:model/{model.lower()}",
+                "endpoint-config": f"{base}:endpoint-config/{config.lower()}",
+                "endpoint": f"{base}:endpoint/{endpoint.lower()}",
+                "transform-job": f"{base}:transform-job/{transform.lower()}"}
+        needs = {
+            "sagemaker:CreateModel": ["model"], "sagemaker:DeleteModel": ["model"],
+            "sagemaker:CreateEndpointConfig": ["endpoint-config"],
+            "sagemaker:DeleteEndpointConfig": ["endpoint-config"],
+            "sagemaker:CreateEndpoint": ["endpoint", "endpoint-config"],
+            "sagemaker:DescribeEndpoint": ["endpoint"], "sagemaker:DeleteEndpoint": ["endpoint"],
+            "sagemaker:InvokeEndpoint": ["endpoint"],
+            "sagemaker:CreateTransformJob": ["transform-job", "model"],
+            "sagemaker:DescribeTransformJob": ["transform-job"],
+        }
+        for action, kinds in needs.items():
+            for kind in kinds:
+                with self.subTest(action, resource=kind):
+                    self.assertTrue(allowed(self.policy, action, arns[kind]))
+                    other = arns[kind].rsplit("/", 1)[0] + "/someone-else"
+                    self.assertFalse(allowed(self.policy, action, other))
+        # Only what the targets call: no updates, no other hosting resources.
+        for action in ("sagemaker:UpdateEndpoint", "sagemaker:StopTransformJob",
+                       "sagemaker:CreateInferenceComponent"):
+            self.assertFalse(allowed(self.policy, action, arns["endpoint"]), action)
+        # The hosting logs, for when an endpoint does not start.
+        logs = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker"
+        self.assertTrue(allowed(self.policy, "logs:FilterLogEvents",
+                                f"{logs}/Endpoints/{endpoint}"))
+        self.assertTrue(allowed(self.policy, "logs:GetLogEvents",
+                                f"{logs}/TransformJobs:log-stream:{transform}/i-1"))
+
+    def test_operators_may_upload_transform_input_and_read_its_output_only(self):
+        job = rendered("transform", JOB_NAME="smtrain-1", TRANSFORM_JOB_NAME="smtrain-t-1")
+        source = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+        output = job["TransformOutput"]["S3OutputPath"]
+        self.assertTrue(allowed(self.policy, "s3:PutObject", object_arn(source, "test.csv")))
+        self.assertTrue(allowed(self.policy, "s3:GetObject", object_arn(output, "test.csv.out")))
+        self.assertFalse(allowed(self.policy, "s3:PutObject", object_arn(output, "test.csv.out")))
+        self.assertFalse(allowed(self.policy, "s3:DeleteObject", object_arn(source, "test.csv")))
 
     def test_operators_may_pass_only_the_execution_role_and_only_to_sagemaker(self):
         role = ATTRIBUTES["SageMakerExecutionRole.Arn"]
