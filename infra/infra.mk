@@ -5,9 +5,12 @@
 # Settings (command line or environment): STACK, IMAGE_TAG (cpu or cuda: the variant submit and
 # tune run), INSTANCE_TYPE, JOB_NAME, TUNING_JOB_NAME, MAX_JOBS, MAX_PARALLEL_JOBS,
 # WARM_START_PARENT, POLL_SECONDS, and BUCKET, ROLE_ARN, REPOSITORY_URI (default: the stack's
-# outputs). AWS and DOCKER name the commands used. See the top of infra/sagemaker.sh.
+# outputs); for hosting ENDPOINT_NAME, ENDPOINT_INSTANCE_TYPE, INVOKE_INDEX, INVOKE_FORMAT,
+# TRANSFORM_JOB_NAME, TRANSFORM_INSTANCE_TYPE, TRANSFORM_IMAGES. AWS and DOCKER name the commands
+# used. See the top of infra/sagemaker.sh.
 
 .PHONY: stack push upload-data submit tune infra-requests test-infra infra-venv
+.PHONY: deploy invoke transform undeploy
 
 INFRA_SH = PYTHON="$(PYTHON)" infra/sagemaker.sh
 
@@ -37,16 +40,35 @@ push:
 upload-data:
 	$(INFRA_SH) upload-data
 
-# Print the requests submit and tune would send (resolving the stack's outputs).
+# Print the requests submit, tune, deploy and transform would send (resolving the stack's
+# outputs; the hosting ones for training job JOB_NAME).
 infra-requests:
 	@$(INFRA_SH) training-request
 	@$(INFRA_SH) tuning-request
+	@$(INFRA_SH) model-request
+	@$(INFRA_SH) endpoint-config-request
+	@$(INFRA_SH) endpoint-request
+	@$(INFRA_SH) transform-request
 
 submit:
 	$(INFRA_SH) submit
 
 tune:
 	$(INFRA_SH) tune
+
+# Hosting training job JOB_NAME's model (infra/README.md): an endpoint billed until undeploy, and
+# batch transform of the test set.
+deploy:
+	$(INFRA_SH) deploy
+
+invoke:
+	$(INFRA_SH) invoke
+
+transform:
+	$(INFRA_SH) transform
+
+undeploy:
+	$(INFRA_SH) undeploy
 
 # Offline: no AWS account, no network. cfn-lint with its informational rules; the workflow
 # against GitHub's schema (and the rule that every job has a timeout); shellcheck; then

@@ -3,10 +3,14 @@
 
     aws sagemaker describe-training-job ... --output json | job_report.py training
     aws sagemaker describe-hyper-parameter-tuning-job ... --output json | job_report.py tuning
+    aws sagemaker describe-transform-job ... --output json | job_report.py transform
+    aws sagemaker describe-endpoint ... --output json | job_report.py endpoint
 
 Training: status, FailureReason, final metrics, model location, billable time.
 Tuning: status, FailureReason, job counts, the best job with its objective value and tuned
 hyperparameters. A tuning job that "completed" without one successful training job fails too.
+Transform: status, FailureReason, where the answers are, how long it ran. Endpoint: status,
+FailureReason, each variant's instances; 0 only when InService.
 Under GitHub Actions the failure reason also becomes an error annotation and the report goes to
 the step summary. Python standard library only.
 """
@@ -62,18 +66,50 @@ def tuning(job):
     return ok, failure, lines
 
 
+def transform(job):
+    status = job.get("TransformJobStatus")
+    lines = [f"transform job {job.get('TransformJobName')}: {status}"]
+    failure = job.get("FailureReason")
+    if failure:
+        lines.append(f"FailureReason: {failure}")
+    output = (job.get("TransformOutput") or {}).get("S3OutputPath")
+    if output:
+        lines.append(f"output: {output}")
+    start, end = job.get("TransformStartTime"), job.get("TransformEndTime")
+    if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+        lines.append(f"ran {end - start:.0f} s")
+    return status == "Completed", failure, lines
+
+
+def endpoint(job):
+    status = job.get("EndpointStatus")
+    lines = [f"endpoint {job.get('EndpointName')}: {status}"
+             f" (config {job.get('EndpointConfigName')})"]
+    failure = job.get("FailureReason")
+    if failure:
+        lines.append(f"FailureReason: {failure}")
+    for v in job.get("ProductionVariants") or []:
+        lines.append(f"  variant {v.get('VariantName')}: {v.get('CurrentInstanceCount')}"
+                     f" instance(s)")
+    return status == "InService", failure, lines
+
+
+KINDS = {"training": training, "tuning": tuning, "transform": transform, "endpoint": endpoint}
+
+
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("training", "tuning"):
+    if len(argv) != 2 or argv[1] not in KINDS:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     job = json.load(sys.stdin)
-    ok, failure, lines = (training if argv[1] == "training" else tuning)(job)
+    ok, failure, lines = KINDS[argv[1]](job)
     print("\n".join(lines))
     if os.environ.get("GITHUB_ACTIONS") == "true":
         if not ok:
             reason = (failure or "the job did not complete").replace("%", "%25")
             reason = reason.replace("\r", "%0D").replace("\n", "%0A")
-            print(f"::error title=SageMaker {argv[1]} job failed::{reason}")
+            what = "endpoint" if argv[1] == "endpoint" else f"{argv[1]} job"
+            print(f"::error title=SageMaker {what} failed::{reason}")
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:
             with open(summary, "a") as f:

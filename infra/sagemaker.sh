@@ -8,6 +8,19 @@
 #   sagemaker.sh tuning-request   print the CreateHyperParameterTuningJob request that tune sends
 #   sagemaker.sh submit           create the training job, wait, report; exit 1 unless Completed
 #   sagemaker.sh tune             create the tuning job, wait, report; exit 1 unless Completed
+#   sagemaker.sh model-request, endpoint-config-request, endpoint-request, transform-request
+#                                 print the CreateModel, CreateEndpointConfig, CreateEndpoint and
+#                                 CreateTransformJob requests that deploy and transform send
+#   sagemaker.sh deploy           serve training job $JOB_NAME's model on endpoint $ENDPOINT_NAME:
+#                                 model, endpoint config (both named $JOB_NAME), endpoint; wait
+#                                 until InService; exit 1 unless it is
+#   sagemaker.sh invoke           send test image $INVOKE_INDEX to the endpoint, print the answer
+#   sagemaker.sh transform        batch transform $TRANSFORM_IMAGES test images (CSV, one per
+#                                 line) with $JOB_NAME's model; wait; print the first answers
+#                                 and their accuracy; exit 1 unless Completed
+#   sagemaker.sh undeploy         delete endpoint $ENDPOINT_NAME, then its endpoint config and
+#                                 model (or those named $JOB_NAME, when given); what is already
+#                                 gone is skipped
 #
 # push tags each variant twice: <variant> (moving) and <variant>-$VERSION (default: the short
 # commit, "-dirty" when the tree has changes), which a job can name in IMAGE_TAG to pin a build.
@@ -31,8 +44,18 @@ MAX_PARALLEL_JOBS=${MAX_PARALLEL_JOBS:-4}
 WARM_START_PARENT=${WARM_START_PARENT:-}
 DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 # Job names: the time, so that each run is new (a tuning job's name has at most 32 characters).
+# deploy, transform and undeploy name a finished training job instead: it must be given.
+JOB_NAME_GIVEN=${JOB_NAME:+yes}
 JOB_NAME=${JOB_NAME:-$JOB_PREFIX-$(date -u +%Y%m%d-%H%M%S)}
 TUNING_JOB_NAME=${TUNING_JOB_NAME:-$JOB_PREFIX-$(date -u +%y%m%d-%H%M%S)}
+TRANSFORM_JOB_NAME=${TRANSFORM_JOB_NAME:-$JOB_PREFIX-transform-$(date -u +%Y%m%d-%H%M%S)}
+# Hosting: one endpoint at a time by default; its model and endpoint config take the training
+# job's name.
+ENDPOINT_NAME=${ENDPOINT_NAME:-$JOB_PREFIX}
+MODEL_NAME=$JOB_NAME
+INVOKE_INDEX=${INVOKE_INDEX:-0}
+INVOKE_FORMAT=${INVOKE_FORMAT:-csv}
+TRANSFORM_IMAGES=${TRANSFORM_IMAGES:-10000}
 # Where each sent request is kept, for the record.
 REQUEST_DIR=${REQUEST_DIR:-.run/infra}
 
@@ -71,6 +94,27 @@ instance_type() {
   fi
 }
 
+# Hosting runs on the variant's kind of instance too: a small CPU one, or the same GPU one.
+endpoint_instance_type() {
+  if [[ -n ${ENDPOINT_INSTANCE_TYPE:-} ]]; then
+    printf '%s' "$ENDPOINT_INSTANCE_TYPE"
+  elif [[ $IMAGE_TAG == cuda* ]]; then
+    printf 'ml.g4dn.xlarge'
+  else
+    printf 'ml.m5.large'
+  fi
+}
+
+transform_instance_type() {
+  if [[ -n ${TRANSFORM_INSTANCE_TYPE:-} ]]; then
+    printf '%s' "$TRANSFORM_INSTANCE_TYPE"
+  elif [[ $IMAGE_TAG == cuda* ]]; then
+    printf 'ml.g4dn.xlarge'
+  else
+    printf 'ml.m5.xlarge'
+  fi
+}
+
 # A commit-pinned tag suffix: the short commit, marked when the tree has local changes.
 version() {
   local v
@@ -94,26 +138,131 @@ tuning_request() {
     "MAX_PARALLEL_JOBS=$MAX_PARALLEL_JOBS" "WARM_START_PARENT=$WARM_START_PARENT"
 }
 
+model_request() {
+  resolve BUCKET ROLE_ARN IMAGE_URI
+  "$PYTHON" "$INFRA/render.py" "$INFRA/model.json" \
+    "MODEL_NAME=$MODEL_NAME" "ROLE_ARN=$ROLE_ARN" "IMAGE_URI=$IMAGE_URI" "BUCKET=$BUCKET" \
+    "JOB_NAME=$JOB_NAME"
+}
+
+endpoint_config_request() {
+  "$PYTHON" "$INFRA/render.py" "$INFRA/endpoint-config.json" \
+    "MODEL_NAME=$MODEL_NAME" "ENDPOINT_INSTANCE_TYPE=$(endpoint_instance_type)"
+}
+
+endpoint_request() {
+  "$PYTHON" "$INFRA/render.py" "$INFRA/endpoint.json" \
+    "ENDPOINT_NAME=$ENDPOINT_NAME" "MODEL_NAME=$MODEL_NAME"
+}
+
+transform_request() {
+  resolve BUCKET
+  "$PYTHON" "$INFRA/render.py" "$INFRA/transform-job.json" \
+    "TRANSFORM_JOB_NAME=$TRANSFORM_JOB_NAME" "MODEL_NAME=$MODEL_NAME" "BUCKET=$BUCKET" \
+    "TRANSFORM_INSTANCE_TYPE=$(transform_instance_type)"
+}
+
+need_job_name() {
+  [[ -n $JOB_NAME_GIVEN ]] ||
+    die "$1 needs the training job whose model to use: make $1 JOB_NAME=<training job name>"
+}
+
+# Runs an aws command whose failure may only mean "there is no such thing" (SageMaker's
+# ValidationException "Could not find ..."): 0 done, 1 not found; any other failure exits.
+aws_unless_missing() {
+  local err
+  err=$(mktemp)
+  if $AWS "$@" 2>"$err"; then rm -f "$err"; return 0; fi
+  if grep -q 'Could not find' "$err"; then rm -f "$err"; return 1; fi
+  cat "$err" >&2
+  rm -f "$err"
+  die "aws $1 $2 failed"
+}
+
+# Creates a model or endpoint config from a kept request; one that exists already (an earlier
+# deploy or transform of the same training job) is used as it is.
+create_once() {
+  local what=$1 name=$2 request=$3 err
+  err=$(mktemp)
+  if $AWS sagemaker "create-$what" --cli-input-json "file://$request" --output text 2>"$err"
+  then
+    rm -f "$err"
+  elif grep -q 'already existing' "$err"; then
+    rm -f "$err"
+    echo "$what $name exists already: using it (make undeploy JOB_NAME=$name deletes it)"
+  else
+    cat "$err" >&2
+    rm -f "$err"
+    die "create-$what $name failed"
+  fi
+}
+
+# The training job must have completed, and its model must be where model.json says.
+check_model_data() {
+  local status artifacts expected
+  expected="s3://$BUCKET/output/$JOB_NAME/output/model.tar.gz"
+  read -r status artifacts < <($AWS sagemaker describe-training-job --training-job-name "$JOB_NAME" \
+    --query "[TrainingJobStatus, ModelArtifacts.S3ModelArtifacts]" --output text) ||
+    die "cannot describe training job $JOB_NAME"
+  [[ $status == Completed ]] || die "training job $JOB_NAME is $status, not Completed"
+  [[ $artifacts == "$expected" ]] ||
+    die "training job $JOB_NAME's model is $artifacts, not $expected (model.json's ModelDataUrl)"
+}
+
+# The endpoint config endpoint $ENDPOINT_NAME uses, in ENDPOINT_CONFIG; 1 when there is no such
+# endpoint. (Not in a $(...) subshell: there, die could not end the script.)
+endpoint_config() {
+  local out
+  out=$(mktemp)
+  if aws_unless_missing sagemaker describe-endpoint --endpoint-name "$ENDPOINT_NAME" \
+      --query EndpointConfigName --output text >"$out"; then
+    ENDPOINT_CONFIG=$(<"$out")
+    rm -f "$out"
+    return 0
+  fi
+  rm -f "$out"
+  return 1
+}
+
+# A member of a kept request: request_field FILE KEY...
+request_field() {
+  "$PYTHON" -c 'import functools, json, sys
+print(functools.reduce(lambda d, k: d[k], sys.argv[2:], json.load(open(sys.argv[1]))))' "$@"
+}
+
+upload_file() {
+  local file=$1 uri=$2 bucket key
+  bucket=${uri#s3://}
+  bucket=${bucket%%/*}
+  key=${uri#s3://"$bucket"/}
+  $AWS s3api put-object --bucket "$bucket" --key "$key" --body "$file" --output text >/dev/null
+}
+
 # Polls until the job leaves InProgress/Stopping, printing each status change, then prints the
 # report (status, metrics or best job, FailureReason) and fails unless the job completed.
 await() {
-  local kind=$1 name=$2 status last=""
+  local kind=$1 name=$2 status last="" waiting="InProgress Stopping"
   local -a describe query
-  if [[ $kind == training ]]; then
-    describe=(sagemaker describe-training-job --training-job-name "$name")
-    query=(--query "[TrainingJobStatus, SecondaryStatus]")
-  else
-    describe=(sagemaker describe-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name "$name")
-    query=(--query "[HyperParameterTuningJobStatus]")
-  fi
+  case $kind in
+    training)
+      describe=(sagemaker describe-training-job --training-job-name "$name")
+      query=(--query "[TrainingJobStatus, SecondaryStatus]") ;;
+    tuning)
+      describe=(sagemaker describe-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name "$name")
+      query=(--query "[HyperParameterTuningJobStatus]") ;;
+    transform)
+      describe=(sagemaker describe-transform-job --transform-job-name "$name")
+      query=(--query "[TransformJobStatus]") ;;
+    endpoint)
+      describe=(sagemaker describe-endpoint --endpoint-name "$name")
+      query=(--query "[EndpointStatus]")
+      waiting="Creating Updating SystemUpdating RollingBack" ;;
+  esac
   while :; do
     status=$($AWS "${describe[@]}" "${query[@]}" --output text)
     [[ $status == "$last" ]] || echo "$(date -u +%H:%M:%S) $name: ${status//$'\t'/ / }"
     last=$status
-    case ${status%%$'\t'*} in
-      InProgress | Stopping) sleep "$POLL_SECONDS" ;;
-      *) break ;;
-    esac
+    if [[ " $waiting " == *" ${status%%$'\t'*} "* ]]; then sleep "$POLL_SECONDS"; else break; fi
   done
   $AWS "${describe[@]}" --output json | "$PYTHON" "$INFRA/job_report.py" "$kind"
 }
@@ -170,6 +319,116 @@ case $cmd in
     echo "creating $kind job $name (request: $REQUEST_DIR/$name.json)"
     $AWS sagemaker "$create" --cli-input-json "file://$REQUEST_DIR/$name.json" --output text
     await "$kind" "$name"
+    ;;
+  model-request) model_request ;;
+  endpoint-config-request) endpoint_config_request ;;
+  endpoint-request) endpoint_request ;;
+  transform-request) transform_request ;;
+  deploy)
+    need_job_name deploy
+    resolve BUCKET ROLE_ARN IMAGE_URI
+    check_model_data
+    if endpoint_config; then
+      die "endpoint $ENDPOINT_NAME exists (config $ENDPOINT_CONFIG): make undeploy first, or" \
+        "name another ENDPOINT_NAME"
+    fi
+    mkdir -p "$REQUEST_DIR"
+    model_request >"$REQUEST_DIR/$MODEL_NAME.model.json"
+    endpoint_config_request >"$REQUEST_DIR/$MODEL_NAME.endpoint-config.json"
+    endpoint_request >"$REQUEST_DIR/$ENDPOINT_NAME.endpoint.json"
+    echo "deploying training job $JOB_NAME's model to endpoint $ENDPOINT_NAME" \
+      "(requests: $REQUEST_DIR/)"
+    create_once model "$MODEL_NAME" "$REQUEST_DIR/$MODEL_NAME.model.json"
+    create_once endpoint-config "$MODEL_NAME" "$REQUEST_DIR/$MODEL_NAME.endpoint-config.json"
+    $AWS sagemaker create-endpoint --cli-input-json "file://$REQUEST_DIR/$ENDPOINT_NAME.endpoint.json" \
+      --output text
+    if ! await endpoint "$ENDPOINT_NAME"; then
+      echo "the endpoint is not serving; make undeploy deletes it with its config and model" >&2
+      exit 1
+    fi
+    echo "make invoke sends it a test image; make undeploy deletes it (it is billed until then)"
+    ;;
+  invoke)
+    mkdir -p "$REQUEST_DIR"
+    images=$DATA_DIR/t10k-images-idx3-ubyte.gz
+    case $INVOKE_FORMAT in
+      csv) content_type=text/csv ;;
+      png) content_type=image/png ;;
+      *) die "INVOKE_FORMAT=$INVOKE_FORMAT: expected csv or png" ;;
+    esac
+    sample=$REQUEST_DIR/invoke-$INVOKE_INDEX.$INVOKE_FORMAT
+    "$PYTHON" "$INFRA/hosting_data.py" "$INVOKE_FORMAT" "$images" --first "$INVOKE_INDEX" \
+      --count 1 >"$sample" || die "cannot make test image $INVOKE_INDEX from $images"
+    answer=$REQUEST_DIR/invoke-$INVOKE_INDEX.answer.json
+    $AWS sagemaker-runtime invoke-endpoint --endpoint-name "$ENDPOINT_NAME" \
+      --content-type "$content_type" --accept application/json --body "fileb://$sample" \
+      "$answer" >/dev/null
+    echo "test image $INVOKE_INDEX ($content_type), label" \
+      "$("$PYTHON" "$INFRA/hosting_data.py" label "$DATA_DIR/t10k-labels-idx1-ubyte.gz" \
+        --first "$INVOKE_INDEX")"
+    echo "endpoint $ENDPOINT_NAME answered:"
+    cat "$answer"
+    echo
+    ;;
+  transform)
+    need_job_name transform
+    resolve BUCKET ROLE_ARN IMAGE_URI
+    check_model_data
+    mkdir -p "$REQUEST_DIR"
+    csv=$REQUEST_DIR/$TRANSFORM_JOB_NAME.csv
+    "$PYTHON" "$INFRA/hosting_data.py" csv "$DATA_DIR/t10k-images-idx3-ubyte.gz" \
+      --count "$TRANSFORM_IMAGES" >"$csv"
+    model_request >"$REQUEST_DIR/$MODEL_NAME.model.json"
+    transform_request >"$REQUEST_DIR/$TRANSFORM_JOB_NAME.json"
+    input=$(request_field "$REQUEST_DIR/$TRANSFORM_JOB_NAME.json" TransformInput DataSource \
+      S3DataSource S3Uri)
+    output=$(request_field "$REQUEST_DIR/$TRANSFORM_JOB_NAME.json" TransformOutput S3OutputPath)
+    echo "uploading $TRANSFORM_IMAGES test images to ${input}test.csv"
+    upload_file "$csv" "${input}test.csv"
+    create_once model "$MODEL_NAME" "$REQUEST_DIR/$MODEL_NAME.model.json"
+    echo "creating transform job $TRANSFORM_JOB_NAME (request: $REQUEST_DIR/$TRANSFORM_JOB_NAME.json)"
+    $AWS sagemaker create-transform-job \
+      --cli-input-json "file://$REQUEST_DIR/$TRANSFORM_JOB_NAME.json" --output text
+    await transform "$TRANSFORM_JOB_NAME"
+    # A transform job writes one INPUT.out per input file under the output path.
+    answers=$REQUEST_DIR/$TRANSFORM_JOB_NAME.out.csv
+    bucket=${output#s3://}
+    bucket=${bucket%%/*}
+    $AWS s3api get-object --bucket "$bucket" --key "${output#s3://"$bucket"/}test.csv.out" \
+      "$answers" --output text >/dev/null
+    echo "first answers (class,p0,...,p9) of ${output}test.csv.out:"
+    head -n 3 "$answers" | cut -c1-100
+    "$PYTHON" "$INFRA/hosting_data.py" score "$DATA_DIR/t10k-labels-idx1-ubyte.gz" <"$answers"
+    ;;
+  undeploy)
+    names=()
+    if endpoint_config; then
+      names+=("$ENDPOINT_CONFIG")
+      echo "deleting endpoint $ENDPOINT_NAME"
+      $AWS sagemaker delete-endpoint --endpoint-name "$ENDPOINT_NAME"
+      while aws_unless_missing sagemaker describe-endpoint --endpoint-name "$ENDPOINT_NAME" \
+          --query EndpointStatus --output text >/dev/null; do
+        sleep "$POLL_SECONDS"
+      done
+    else
+      echo "no endpoint $ENDPOINT_NAME"
+    fi
+    if [[ -n $JOB_NAME_GIVEN && " ${names[*]} " != *" $MODEL_NAME "* ]]; then
+      names+=("$MODEL_NAME")
+    fi
+    for name in "${names[@]}"; do
+      if aws_unless_missing sagemaker delete-endpoint-config --endpoint-config-name "$name"; then
+        echo "deleted endpoint config $name"
+      else
+        echo "no endpoint config $name"
+      fi
+      if aws_unless_missing sagemaker delete-model --model-name "$name"; then
+        echo "deleted model $name"
+      else
+        echo "no model $name"
+      fi
+    done
+    [[ ${#names[@]} -gt 0 ]] || echo "nothing else to delete (JOB_NAME=... names a model to delete)"
     ;;
   *)
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2

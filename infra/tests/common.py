@@ -1,5 +1,6 @@
 """Shared by the infra tests: paths, made-up AWS values, and the requests exactly as
-infra/sagemaker.sh renders them for `make submit` and `make tune`."""
+infra/sagemaker.sh renders them for `make submit`, `make tune`, `make deploy` and
+`make transform`."""
 
 import copy
 import functools
@@ -27,7 +28,8 @@ def script_env(**overrides):
     """An environment for infra/sagemaker.sh that never reaches AWS: every stack output is
     given, and `aws` is a command that fails, so a lookup that should not happen fails the
     test instead of calling out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "JOB_", "TUNING_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "JOB_", "TUNING_", "TRANSFORM_", "ENDPOINT_", "INVOKE_"))}
     env.update(AWS="false", BUCKET=BUCKET, ROLE_ARN=ROLE_ARN, REPOSITORY_URI=REPOSITORY_URI,
                STACK="smtrain")
     for key in ("IMAGE_TAG", "INSTANCE_TYPE", "WARM_START_PARENT", "MAX_JOBS",
@@ -38,7 +40,9 @@ def script_env(**overrides):
 
 
 def rendered(kind, **overrides):
-    """The request `make submit` (kind "training") or `make tune` ("tuning") would send."""
+    """The request `make submit` (kind "training") or `make tune` ("tuning") would send, or
+    one of those `make deploy` ("model", "endpoint-config", "endpoint") and `make transform`
+    ("model", "transform") send."""
     return copy.deepcopy(_rendered(kind, tuple(sorted(overrides.items()))))
 
 
@@ -55,3 +59,17 @@ def _rendered(kind, overrides):
 def template(name):
     """A raw template, as committed."""
     return json.loads((INFRA / name).read_text())
+
+
+# Fashion-MNIST's test set, as make setup installs it (Debian's dataset-fashion-mnist).
+DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+TEST_IMAGES = DATA_DIR / "t10k-images-idx3-ubyte.gz"
+TEST_LABELS = DATA_DIR / "t10k-labels-idx1-ubyte.gz"
+
+
+def write_idx(path, dims, data):
+    """A gzipped IDX file of unsigned bytes."""
+    import gzip
+    import struct
+    header = bytes([0, 0, 8, len(dims)]) + struct.pack(">" + "I" * len(dims), *dims)
+    path.write_bytes(gzip.compress(header + bytes(data)))

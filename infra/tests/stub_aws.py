@@ -1,10 +1,17 @@
 """A stand-in for the few AWS APIs the make targets call, on 127.0.0.1, so that `make push`,
-`make submit` and `make tune` can run end to end with the real AWS CLI and no AWS account.
+`make submit`, `make tune`, `make deploy`, `make invoke`, `make transform` and `make undeploy`
+can run end to end with the real AWS CLI and no AWS account.
 
 It speaks the wire protocols the CLI uses: SageMaker's and ECR's JSON 1.1 (X-Amz-Target
-header), CloudFormation's query protocol (form body, XML answer). It records every call, checks
-each create request against botocore's SageMaker model once more, and plays a scripted job:
-`statuses` are the Describe answers in order (the last one repeats).
+header), CloudFormation's query protocol (form body, XML answer), SageMaker Runtime's REST
+InvokeEndpoint (POST /endpoints/NAME/invocations) and S3's REST PutObject and GetObject (path
+style). It records every call, checks each SageMaker request against botocore's SageMaker model
+once more, and plays a scripted job: `statuses` are the Describe answers in order (the last one
+repeats); a transform job that completes writes INPUT.out for each input object, one answer
+line per input line, from `transform_answer`. Models, endpoint configs and endpoints are kept
+as SageMaker keeps them: a name is created once, a missing one is "Could not find", an endpoint
+config in use cannot be deleted, a deleted endpoint answers Deleting once and then is gone.
+`endpoint_statuses` are the DescribeEndpoint answers after CreateEndpoint.
 """
 
 import base64
@@ -16,14 +23,45 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import sagemaker_model
 
 
+ACCOUNT_ARN = "arn:aws:sagemaker:eu-west-1:123456789012"
+
+
+def not_found(kind, name):
+    return 400, {"__type": "ValidationException",
+                 "message": f'Could not find {kind} "{ACCOUNT_ARN}:{kind}/{name.lower()}".'}
+
+
+def exists(kind, name):
+    return 400, {"__type": "ValidationException",
+                 "message": f'Cannot create already existing {kind} '
+                            f'"{ACCOUNT_ARN}:{kind}/{name.lower()}".'}
+
+
+def default_transform_answer(lines):
+    return ["0," + ",".join(["0.1"] * 10) for _ in lines]
+
+
 class StubAws:
-    def __init__(self, outputs, statuses, final):
+    def __init__(self, outputs, statuses, final, training_jobs=None,
+                 endpoint_statuses=(("InService", None),), endpoint_final=None,
+                 invoke_answer=b'{"predictions": [{"class": 9}]}',
+                 transform_answer=default_transform_answer):
         self.outputs = outputs      # CloudFormation stack outputs, name → value
         self.statuses = list(statuses)  # Describe answers: (status, secondary status)
         self.final = final          # extra members of the last Describe answer
+        self.training_jobs = dict(training_jobs or {})  # finished jobs: name → Describe answer
+        self.endpoint_statuses = [s for s, _ in endpoint_statuses]
+        self.endpoint_final = endpoint_final or {}
+        self.invoke_answer = invoke_answer
+        self.transform_answer = transform_answer
+        self.models = {}            # name → CreateModel request
+        self.endpoint_configs = {}  # name → CreateEndpointConfig request
+        self.endpoints = {}         # name → {"request", "polls", "deleting"}
+        self.objects = {}           # (bucket, key) → bytes
+        self.invocations = []       # (path, headers, body) of InvokeEndpoint calls
         self.calls = []             # (operation, parameters)
         self.errors = []            # what the stub found wrong with a request
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -57,12 +95,17 @@ class StubAws:
             answer.update(self.final)
         return answer
 
-    def _json(self, operation, params):
-        if operation in ("CreateTrainingJob", "CreateHyperParameterTuningJob"):
+    def _json(self, target, operation, params):
+        if target.startswith("SageMaker."):
             problems = sagemaker_model.errors(operation, params)
             if problems:
                 self.errors.append((operation, problems))
                 return 400, {"__type": "ValidationException", "message": "; ".join(problems)}
+        hosting = self._hosting(operation, params)
+        if hosting is not None:
+            return hosting
+        if operation == "DescribeTrainingJob" and params["TrainingJobName"] in self.training_jobs:
+            return 200, self.training_jobs[params["TrainingJobName"]]
         created = (self.requests("CreateTrainingJob") or [{}])[-1]
         if operation == "CreateTrainingJob":
             return 200, {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:123456789012:"
@@ -90,6 +133,98 @@ class StubAws:
                 "proxyEndpoint": "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"}]}
         return 400, {"__type": "UnknownOperationException", "message": operation}
 
+    def _hosting(self, operation, params):
+        """Models, endpoint configs, endpoints and transform jobs; None for other operations."""
+        if operation == "CreateModel":
+            name = params["ModelName"]
+            if name in self.models:
+                return exists("model", name)
+            self.models[name] = params
+            return 200, {"ModelArn": f"{ACCOUNT_ARN}:model/{name.lower()}"}
+        if operation == "DeleteModel":
+            if self.models.pop(params["ModelName"], None) is None:
+                return not_found("model", params["ModelName"])
+            return 200, {}
+        if operation == "CreateEndpointConfig":
+            name = params["EndpointConfigName"]
+            if name in self.endpoint_configs:
+                return exists("endpoint configuration", name)
+            for variant in params["ProductionVariants"]:
+                if variant["ModelName"] not in self.models:
+                    return not_found("model", variant["ModelName"])
+            self.endpoint_configs[name] = params
+            return 200, {"EndpointConfigArn": f"{ACCOUNT_ARN}:endpoint-config/{name.lower()}"}
+        if operation == "DeleteEndpointConfig":
+            name = params["EndpointConfigName"]
+            if name not in self.endpoint_configs:
+                return not_found("endpoint configuration", name)
+            if any(e["request"]["EndpointConfigName"] == name for e in self.endpoints.values()):
+                return 400, {"__type": "ValidationException",
+                             "message": f"Cannot delete endpoint configuration {name}: in use"}
+            del self.endpoint_configs[name]
+            return 200, {}
+        if operation == "CreateEndpoint":
+            name = params["EndpointName"]
+            if name in self.endpoints:
+                return exists("endpoint", name)
+            if params["EndpointConfigName"] not in self.endpoint_configs:
+                return not_found("endpoint configuration", params["EndpointConfigName"])
+            self.endpoints[name] = {"request": params, "polls": 0, "deleting": False}
+            return 200, {"EndpointArn": f"{ACCOUNT_ARN}:endpoint/{name.lower()}"}
+        if operation == "DescribeEndpoint":
+            name = params["EndpointName"]
+            endpoint = self.endpoints.get(name)
+            if endpoint is None:
+                return not_found("endpoint", name)
+            if endpoint["deleting"]:
+                del self.endpoints[name]
+                status = "Deleting"
+            else:
+                statuses = self.endpoint_statuses
+                status = statuses[min(endpoint["polls"], len(statuses) - 1)]
+                endpoint["polls"] += 1
+            answer = {"EndpointName": name, "EndpointArn": f"{ACCOUNT_ARN}:endpoint/{name.lower()}",
+                      "EndpointConfigName": endpoint["request"]["EndpointConfigName"],
+                      "EndpointStatus": status, "CreationTime": 1700000000,
+                      "LastModifiedTime": 1700000100}
+            if status not in ("Creating", "Deleting"):
+                answer.update(self.endpoint_final)
+            return 200, answer
+        if operation == "DeleteEndpoint":
+            endpoint = self.endpoints.get(params["EndpointName"])
+            if endpoint is None or endpoint["deleting"]:
+                return not_found("endpoint", params["EndpointName"])
+            endpoint["deleting"] = True
+            return 200, {}
+        if operation == "CreateTransformJob":
+            if params["ModelName"] not in self.models:
+                return not_found("model", params["ModelName"])
+            return 200, {"TransformJobArn": f"{ACCOUNT_ARN}:transform-job/"
+                                            f"{params['TransformJobName'].lower()}"}
+        if operation == "DescribeTransformJob":
+            job = (self.requests("CreateTransformJob") or [{}])[-1]
+            if params["TransformJobName"] != job.get("TransformJobName"):
+                return 400, {"__type": "ValidationException",
+                             "message": "Could not find requested job with name"}
+            answer = self._describe(operation, job, "TransformJobStatus", [
+                "TransformJobName", "ModelName", "TransformInput", "TransformOutput",
+                "TransformResources", "BatchStrategy", "MaxPayloadInMB"])
+            if answer["TransformJobStatus"] == "Completed":
+                self._transform(job)
+            return 200, answer
+        return None
+
+    def _transform(self, job):
+        """Writes what a transform job writes: INPUT.out beside each input object's name."""
+        bucket, prefix = s3_parts(job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"])
+        out_bucket, out_prefix = s3_parts(job["TransformOutput"]["S3OutputPath"])
+        for (b, key), data in list(self.objects.items()):
+            if b == bucket and key.startswith(prefix):
+                lines = data.decode().splitlines()
+                answer = "\n".join(self.transform_answer(lines)) + "\n"
+                name = key[len(prefix):]
+                self.objects[(out_bucket, out_prefix + name + ".out")] = answer.encode()
+
     def _query(self, params):
         action = params.get("Action")
         if action != "DescribeStacks":
@@ -116,26 +251,99 @@ class StubAws:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                target = self.headers.get("X-Amz-Target")
-                if target:
-                    operation = target.split(".")[-1]
-                    params = json.loads(body or b"{}")
-                    with stub.lock:
-                        stub.calls.append((operation, params))
-                    code, answer = stub._json(operation, params)
-                    payload, kind = json.dumps(answer).encode(), "application/x-amz-json-1.1"
-                else:
-                    params = dict(urllib.parse.parse_qsl(body.decode()))
-                    with stub.lock:
-                        stub.calls.append((params.get("Action"), params))
-                    code, answer = stub._query(params)
-                    payload, kind = answer.encode(), "text/xml"
+            def answer(self, code, payload, kind):
                 self.send_response(code)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def body(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if "aws-chunked" in self.headers.get("Content-Encoding", ""):
+                    data = aws_unchunk(data)
+                return data
+
+            def s3_key(self):
+                path = urllib.parse.urlsplit(self.path).path
+                bucket, _, key = path.lstrip("/").partition("/")
+                return bucket, urllib.parse.unquote(key)
+
+            def do_PUT(self):
+                bucket, key = self.s3_key()
+                data = self.body()
+                with stub.lock:
+                    stub.calls.append(("PutObject", {"Bucket": bucket, "Key": key}))
+                    stub.objects[(bucket, key)] = data
+                self.send_response(200)
+                self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                bucket, key = self.s3_key()
+                with stub.lock:
+                    stub.calls.append(("GetObject", {"Bucket": bucket, "Key": key}))
+                    data = stub.objects.get((bucket, key))
+                if data is None:
+                    self.answer(404, b"<Error><Code>NoSuchKey</Code><Message>The specified key"
+                                     b" does not exist.</Message></Error>", "application/xml")
+                else:
+                    self.answer(200, data, "application/octet-stream")
+
+            def do_POST(self):
+                body = self.body()
+                target = self.headers.get("X-Amz-Target")
+                path = urllib.parse.urlsplit(self.path).path
+                if target:
+                    operation = target.split(".")[-1]
+                    params = json.loads(body or b"{}")
+                    with stub.lock:
+                        stub.calls.append((operation, params))
+                        code, answer = stub._json(target, operation, params)
+                    payload, kind = json.dumps(answer).encode(), "application/x-amz-json-1.1"
+                elif path.startswith("/endpoints/") and path.endswith("/invocations"):
+                    name = urllib.parse.unquote(path.split("/")[2])
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    with stub.lock:
+                        stub.calls.append(("InvokeEndpoint", {"EndpointName": name}))
+                        stub.invocations.append((name, headers, body))
+                        known = name in stub.endpoints
+                    if not known:
+                        code, answer = not_found("endpoint", name)
+                        payload = json.dumps({"message": answer["message"]}).encode()
+                        self.send_response(400)
+                        self.send_header("x-amzn-ErrorType", "ValidationError")
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                    code, payload = 200, stub.invoke_answer
+                    kind = headers.get("accept", "application/json")
+                else:
+                    params = dict(urllib.parse.parse_qsl(body.decode()))
+                    with stub.lock:
+                        stub.calls.append((params.get("Action"), params))
+                    code, answer = stub._query(params)
+                    payload, kind = answer.encode(), "text/xml"
+                self.answer(code, payload, kind)
+
         return Handler
+
+
+def s3_parts(uri):
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def aws_unchunk(data):
+    """The payload of an aws-chunked body (SIZE[;chunk-signature=...]\r\nDATA\r\n ... 0)."""
+    out, i = b"", 0
+    while True:
+        end = data.index(b"\r\n", i)
+        size = int(data[i:end].split(b";")[0], 16)
+        if size == 0:
+            return out
+        out += data[end + 2:end + 2 + size]
+        i = end + 2 + size + 2
