@@ -49,6 +49,21 @@ class Pipeline(unittest.TestCase):
         wait = rendered("training")["StoppingCondition"]["MaxWaitTimeInSeconds"]
         self.assertGreater(WORKFLOW["jobs"]["train"]["timeout-minutes"] * 60, wait)
 
+    def test_deploying_is_asked_for_and_the_endpoint_is_always_deleted(self):
+        deploy = WORKFLOW[True]["workflow_dispatch"]["inputs"]["deploy"]
+        self.assertEqual((deploy["type"], deploy["default"]), ("boolean", False))
+        steps = WORKFLOW["jobs"]["train"]["steps"]
+        (up,) = [s for s in steps if "make deploy" in s.get("run", "")]
+        (down,) = [s for s in steps if "make undeploy" in s.get("run", "")]
+        self.assertEqual(up["if"], "inputs.deploy")
+        self.assertIn("make invoke", up["run"])
+        self.assertEqual(down["if"], "always() && inputs.deploy")
+        self.assertLess(steps.index(up), steps.index(down))
+        # Each run deploys to an endpoint of its own; deploy uses the job this run trained.
+        env = WORKFLOW["jobs"]["train"]["env"]
+        self.assertIn("${{ github.run_id }}", env["ENDPOINT_NAME"])
+        self.assertIn("JOB_NAME", env)
+
     def test_a_cancelled_pipeline_stops_its_job_and_the_request_is_kept(self):
         steps = WORKFLOW["jobs"]["train"]["steps"]
         (stop,) = [s for s in steps if s.get("if") == "cancelled()"]
