@@ -409,8 +409,12 @@ fn ping_is_not_200_before_the_model_is_ready() {
     let before: Vec<u16> = seen[..seen.len() - 1].iter().copied().filter(|&c| c != 0).collect();
     assert!(before.iter().all(|&c| c == 503), "{seen:?}");
     assert!(!before.is_empty(), "the model was ready before /ping could ask: {seen:?}");
-    let log = s.log();
-    assert!(log.contains("model ready"), "{log}");
+    // The log is read by another thread: give it a moment to catch up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log().contains("model ready") {
+        assert!(Instant::now() < deadline, "no 'model ready' line:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (status, _) = s.post(
         "text/csv",
         "",

@@ -1,0 +1,157 @@
+//! What a multi-host job does around training: which channel is sharded, every rank starting
+//! from the first host's state, and every rank ending with its weights.
+
+use anyhow::Result;
+use tracing::info;
+
+use super::Summary;
+use crate::checkpoint::{self, Checkpointer};
+use crate::config::TrainConfig;
+use crate::contract::{JobFiles, Paths};
+use crate::data::Dataset;
+use crate::distributed::{Group, Layout, Topology};
+use crate::error::user;
+use crate::metrics::EpochMetrics;
+use crate::model::Mlp;
+use crate::train::TrainState;
+
+/// Whether a multi-host job's train channel is sharded (ShardedByS3Key: each host its own
+/// part). Validation and test data must be the same on every host: every host scores the
+/// validation data to take the same early-stopping decisions, and the first host scores the test
+/// data for everyone.
+pub(super) fn train_is_sharded(paths: &Paths, files: &JobFiles, cfg: &TrainConfig) -> Result<bool> {
+    let config = paths.input_data_config();
+    let mut sharded = false;
+    for (name, spec) in files.input_data.iter().flatten() {
+        if spec.distribution.as_deref() != Some("ShardedByS3Key") {
+            continue;
+        }
+        if name != "train" {
+            return Err(user(format!(
+                "{}: channel \"{name}\" uses S3DistributionType ShardedByS3Key; in a multi-host \
+                 job only \"train\" may be sharded (every host scores the same {name} data); use \
+                 FullyReplicated",
+                config.display()
+            )));
+        }
+        sharded = true;
+    }
+    if sharded && cfg.validation_split > 0.0 {
+        return Err(user(format!(
+            "{}: hyperparameter validation_split={} would hold out a different part of each \
+             host's train shard; with a sharded train channel, give a FullyReplicated \
+             validation channel instead",
+            config.display(),
+            cfg.validation_split
+        )));
+    }
+    Ok(sharded)
+}
+
+/// With a sharded train channel: every host's shard size, and one fingerprint of all shards in
+/// rank order (what checkpoints check), set on `train`.
+pub(super) fn shard_layout(g: &Group, train: &mut Dataset) -> Result<Layout> {
+    let mine = format!("{} {}", train.len(), train.fingerprint);
+    let all = g.all_gather_bytes(mine.as_bytes())?;
+    let mut sizes = Vec::new();
+    let mut hash = blake3::Hasher::new();
+    for (rank, bytes) in all.iter().enumerate() {
+        let text = String::from_utf8_lossy(bytes);
+        let size = text.split(' ').next().and_then(|n| n.parse().ok());
+        let size = size.ok_or_else(|| {
+            anyhow::anyhow!("{} sent an unreadable shard description", g.topology.describe(rank))
+        })?;
+        sizes.push(size);
+        hash.update(bytes);
+        hash.update(b"\n");
+    }
+    train.fingerprint = format!("shards:blake3:{}", hash.finalize().to_hex());
+    info!(shards = ?sizes, fingerprint = %train.fingerprint, "train channel sharded over the hosts");
+    Ok(Layout::Sharded(sizes))
+}
+
+/// Rank 0's starting state (fresh, or resumed from its checkpoints) on every rank: initial
+/// weights, optimizer state and position all come from the first host, as in PyTorch DDP. A
+/// rank whose configuration or data differ refuses it, and every rank fails saying so.
+pub(super) fn share_start(
+    g: &Group,
+    checkpointer: &Checkpointer,
+    mine: Option<(TrainState, Vec<EpochMetrics>)>,
+    cfg: &TrainConfig,
+    train_set: &Dataset,
+    epoch_samples: usize,
+    dev: tch::Device,
+) -> Result<(TrainState, Vec<EpochMetrics>)> {
+    let bytes = match &mine {
+        Some((state, metrics)) => checkpointer.encode(state, metrics)?,
+        None => Vec::new(),
+    };
+    let bytes = g.broadcast_bytes(&bytes)?;
+    let origin = g.topology.describe(0);
+    let received = match mine {
+        Some(start) => Ok(start),
+        None => checkpoint::from_bytes(
+            &bytes,
+            &format!("the starting state sent by {origin}"),
+            cfg,
+            &train_set.fingerprint,
+            epoch_samples,
+            train_set.features(),
+            dev,
+        )
+        .map(|r| (r.state, r.metrics)),
+    };
+    let refused = g.all_ok(received.is_ok())?;
+    let start = received?;
+    if !refused.is_empty() {
+        let who: Vec<String> = refused.iter().map(|&r| g.topology.describe(r)).collect();
+        return Err(user(format!(
+            "{} refused the starting state sent by {origin}: other hyperparameters or other \
+             training data there (that host's log names the difference)",
+            who.join(", ")
+        )));
+    }
+    info!(from = %origin, bytes = bytes.len(), "starting state shared");
+    Ok(start)
+}
+
+/// Fails unless every rank ended with rank 0's exact weights: they must, and a silent
+/// divergence would ship one host's model as everyone's.
+pub(super) fn check_weights_agree(g: &Group, params: &tch::Tensor) -> Result<()> {
+    let mut bytes = vec![0u8; params.numel() * 4];
+    params.to_device(tch::Device::Cpu).copy_data_u8(&mut bytes, params.numel());
+    let mine = blake3::hash(&bytes);
+    let first = g.broadcast_bytes(mine.as_bytes())?;
+    let disagree = g.all_ok(first == mine.as_bytes())?;
+    if !disagree.is_empty() {
+        let who: Vec<String> = disagree.iter().map(|&r| g.topology.describe(r)).collect();
+        anyhow::bail!(
+            "the weights of {} differ from {}'s after training (blake3 here {mine})",
+            who.join(", "),
+            g.topology.describe(0)
+        );
+    }
+    info!(weights_blake3 = %mine, "weights identical on every host");
+    Ok(())
+}
+
+/// After training on a multi-host job: checks every rank agrees, and on any host but the first
+/// returns its summary (the first host goes on to write the model).
+pub(super) fn finish(g: &Group, topology: &Topology, model: &Mlp) -> Result<Option<Summary>> {
+    let (count, mean) = g.all_reduce_stats();
+    info!(
+        all_reduces = count,
+        mean_ms = format!("{:.3}", mean.as_secs_f64() * 1e3),
+        "exchanges with the other hosts"
+    );
+    check_weights_agree(g, &model.flat)?;
+    if topology.rank == 0 {
+        return Ok(None);
+    }
+    info!(leader = %topology.master(), "this host's share is done; the first host writes the model");
+    Ok(Some(Summary::Worker {
+        host: topology.host().to_string(),
+        rank: topology.rank,
+        leader: topology.master().to_string(),
+    }))
+}

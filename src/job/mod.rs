@@ -1,0 +1,312 @@
+//! One training job, end to end, as a short sequence of named stages: read the contract's
+//! files, load the data, place the work, join the other hosts, restore or start the state,
+//! train, score the test set, write the model and the report. This is where files, the clock
+//! and logging meet the pure core (`train`).
+//!
+//! `channels` finds and loads the data, `hosts` is what a multi-host job adds, `hooks` is what
+//! happens as each epoch ends.
+
+mod channels;
+mod hooks;
+mod hosts;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tracing::info;
+
+use crate::artifacts::{self, DataRecord, ModelCard};
+use crate::checkpoint::{self, Checkpointer};
+use crate::config::TrainConfig;
+use crate::contract::{JobFiles, Paths};
+use crate::data::Dataset;
+use crate::device::{self, Placement};
+use crate::distributed::{Group, Layout, Parallel, Topology};
+use crate::error::Stopped;
+use crate::metrics::{self, EpochMetrics, Metrics};
+use crate::s3::ChannelArg;
+use crate::train::{self, DeviceData, Outcome, Score, TrainState};
+use crate::{budget, report};
+pub use channels::{default_sources, resolve_channels, Data, Source, CHANNELS, DEFAULT_DATA_DIR};
+use hooks::JobHooks;
+
+/// What the command line adds to the contract's files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--channel NAME=URI`: added to, or replacing, `inputdataconfig.json`'s channels.
+    pub channels: Vec<ChannelArg>,
+}
+
+/// What a job did, for `main` and the tests.
+#[derive(Debug)]
+pub enum Summary {
+    Trained {
+        test: Option<Score>,
+        model_dir: PathBuf,
+    },
+    /// Another than the first host of a multi-host job: it trained its share; the first host
+    /// wrote the model.
+    Worker {
+        host: String,
+        rank: usize,
+        leader: String,
+    },
+}
+
+/// Refuses, before anything is allocated for training, a configuration that cannot fit in the
+/// host's memory. On a GPU the parameters live in device memory, which libtorch checks itself.
+fn check_memory(cfg: &TrainConfig, train: &Dataset, dev: tch::Device) -> Result<()> {
+    if dev != tch::Device::Cpu {
+        return Ok(());
+    }
+    let need = budget::estimate(cfg, train.len(), train.features());
+    match budget::room() {
+        Some(room) => budget::check(cfg, &need, &room),
+        None => Ok(()),
+    }
+}
+
+/// Runs the job described under `paths` and `opts`.
+pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> {
+    let files = JobFiles::read(paths)?;
+    let cfg = resolve_config(paths, &files)?;
+    let topology = Topology::new(&files.resources, cfg.distributed_port);
+    let sharded = topology.world() > 1 && hosts::train_is_sharded(paths, &files, &cfg)?;
+    let mut data = channels::load(paths, &files, opts, &cfg, stop)?;
+    let placement = place(&cfg, &topology, &data.train)?;
+    let group = join_group(&topology, &cfg, stop)?;
+    let parallel = match &group {
+        Some(g) if sharded => {
+            Some(Parallel { group: g, layout: hosts::shard_layout(g, &mut data.train)? })
+        }
+        Some(g) => Some(Parallel { group: g, layout: Layout::Replicated }),
+        None => None,
+    };
+    let trained = train_stage(paths, &files, &cfg, &data, parallel.as_ref(), &placement, stop)?;
+    if let Some(g) = &group {
+        if let Some(worker) = hosts::finish(g, &topology, &trained.outcome.model)? {
+            return Ok(worker);
+        }
+    }
+    let test = score_test(&trained.outcome.model, data.test.as_ref(), placement.device);
+    write_results(paths, &cfg, &data, &trained, test, &placement)?;
+    Ok(Summary::Trained { test, model_dir: paths.model_dir() })
+}
+
+/// Parses the hyperparameters and logs what the job will run with.
+fn resolve_config(paths: &Paths, files: &JobFiles) -> Result<TrainConfig> {
+    let cfg = TrainConfig::from_hyperparameters(&files.hyperparameters)
+        .with_context(|| paths.hyperparameters().display().to_string())?;
+    device::env_threads()?;
+    info!(config = %serde_json::to_string(&cfg)?, "resolved hyperparameters");
+    let rc = &files.resources;
+    info!(
+        host = %rc.current_host,
+        hosts = ?rc.hosts,
+        instance_type = rc.current_instance_type.as_deref().unwrap_or("unknown"),
+        "resource config"
+    );
+    Ok(cfg)
+}
+
+/// Picks the device and threads, and refuses a configuration the host's memory cannot hold.
+fn place(cfg: &TrainConfig, topology: &Topology, train: &Dataset) -> Result<Placement> {
+    let placement = device::place(cfg.device, cfg.threads, topology.local_processes())?;
+    info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
+    check_memory(cfg, train, placement.device)?;
+    Ok(placement)
+}
+
+/// Joins the other hosts of a multi-host job; `None` on a single host.
+fn join_group(topology: &Topology, cfg: &TrainConfig, stop: &AtomicBool) -> Result<Option<Group>> {
+    match topology.world() {
+        1 => Ok(None),
+        _ => Group::join(topology, Duration::from_secs(cfg.distributed_timeout), stop).map(Some),
+    }
+}
+
+/// What training produced, with the epochs' metrics and its wall time.
+struct Trained {
+    outcome: Outcome,
+    epochs: Vec<EpochMetrics>,
+    seconds: f64,
+}
+
+/// Restores or starts the training state, and trains to the end (or to a stop).
+fn train_stage(
+    paths: &Paths,
+    files: &JobFiles,
+    cfg: &TrainConfig,
+    data: &Data,
+    parallel: Option<&Parallel>,
+    placement: &Placement,
+    stop: &AtomicBool,
+) -> Result<Trained> {
+    let dev = placement.device;
+    // What checkpoints record and check: the data (with shards, all hosts' together) and how
+    // many samples an epoch visits.
+    let epoch_samples = train::epoch_len(data.train.len(), cfg.batch_size, parallel);
+    let train_data = DeviceData::new(&data.train, dev);
+    let validation_data = data.validation.as_ref().map(|d| DeviceData::new(d, dev));
+    let checkpoint_dir = files
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.local_path.clone())
+        .unwrap_or_else(|| paths.checkpoints_dir());
+    let steps = train::steps_per_epoch(epoch_samples as i64, cfg.batch_size);
+    let checkpointer =
+        Checkpointer::new(&checkpoint_dir, cfg, &data.train.fingerprint, epoch_samples, steps)?;
+    let leader = files.resources.is_leader();
+    let (mut state, metrics) = start_state(
+        &checkpointer,
+        &checkpoint_dir,
+        cfg,
+        &data.train,
+        epoch_samples,
+        dev,
+        leader,
+        parallel,
+    )?;
+    if matches!(parallel, Some(Parallel { layout: Layout::Sharded(_), .. })) {
+        // Each rank's order is its own shard's, derived from the seed as the epoch begins.
+        state.order = None;
+    }
+    let started = Instant::now();
+    let mut hooks = JobHooks {
+        cfg,
+        leader,
+        stop,
+        checkpointer,
+        metrics,
+        last: Instant::now(),
+        stopped_at: None,
+    };
+    let outcome = match train::resume(
+        cfg,
+        &train_data,
+        validation_data.as_ref(),
+        state,
+        parallel,
+        &mut hooks,
+    ) {
+        Err(e) if e.is::<Stopped>() => {
+            return Err(Stopped(hooks.stopped_at.unwrap_or_default()).into());
+        }
+        other => other?,
+    };
+    if let Some(es) = outcome.early_stop {
+        info!(
+            after = es.stopped_after_epoch,
+            best = es.best_epoch,
+            "early stopping: kept the best epoch's weights"
+        );
+    }
+    Ok(Trained { outcome, epochs: hooks.metrics, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The state training starts from: the first host's newest usable checkpoint, or a fresh
+/// model; in a multi-host job every rank takes the first host's.
+#[allow(clippy::too_many_arguments)]
+fn start_state(
+    checkpointer: &Checkpointer,
+    checkpoint_dir: &std::path::Path,
+    cfg: &TrainConfig,
+    train_set: &Dataset,
+    epoch_samples: usize,
+    dev: tch::Device,
+    leader: bool,
+    parallel: Option<&Parallel>,
+) -> Result<(TrainState, Vec<EpochMetrics>)> {
+    // Only the first host reads and writes checkpoints; the others start from what it sends.
+    let mine = if !leader {
+        None
+    } else if cfg.start_fresh {
+        info!(dir = %checkpoint_dir.display(), "start_fresh: not resuming from existing checkpoints");
+        Some((TrainState::new(cfg, train_set.features(), dev), Vec::new()))
+    } else {
+        let restored = checkpoint::load_latest(
+            checkpoint_dir,
+            cfg,
+            &train_set.fingerprint,
+            epoch_samples,
+            train_set.features(),
+            dev,
+        )?;
+        Some(match restored {
+            Some(r) => (r.state, r.metrics),
+            None => (TrainState::new(cfg, train_set.features(), dev), Vec::new()),
+        })
+    };
+    match parallel {
+        Some(p) => {
+            hosts::share_start(p.group, checkpointer, mine, cfg, train_set, epoch_samples, dev)
+        }
+        None => Ok(mine.expect("a single host is the leader")),
+    }
+}
+
+/// Scores the test set, if there is one, and prints its metric line.
+fn score_test(
+    model: &crate::model::Mlp,
+    test: Option<&Dataset>,
+    dev: tch::Device,
+) -> Option<Score> {
+    let score = train::evaluate(model, &DeviceData::new(test?, dev));
+    println!("{}", metrics::test_line(&score));
+    info!(loss = format!("{:.4}", score.loss), accuracy = format!("{:.4}", score.accuracy), "test");
+    Some(score)
+}
+
+/// Writes the model folder, then `output/data/` (the evaluation and the pictures).
+fn write_results(
+    paths: &Paths,
+    cfg: &TrainConfig,
+    data: &Data,
+    trained: &Trained,
+    test: Option<Score>,
+    placement: &Placement,
+) -> Result<()> {
+    let mut records = BTreeMap::new();
+    for (name, set) in [
+        ("train", Some(&data.train)),
+        ("validation", data.validation.as_ref()),
+        ("test", data.test.as_ref()),
+    ] {
+        if let Some(d) = set {
+            let record = DataRecord {
+                source: d.source.clone(),
+                samples: d.len(),
+                fingerprint: d.fingerprint.clone(),
+            };
+            records.insert(name.to_string(), record);
+        }
+    }
+    let model = &trained.outcome.model;
+    let card =
+        ModelCard::new(cfg, model, [data.train.rows, data.train.cols], records, placement.name());
+    let metrics = Metrics {
+        epochs: trained.epochs.clone(),
+        test,
+        early_stop: trained.outcome.early_stop.map(Into::into),
+        data_load_seconds: data.load_seconds,
+        train_seconds: trained.seconds,
+    };
+    let model_dir = paths.model_dir();
+    artifacts::write_model_dir(&model_dir, model, &card, &metrics)?;
+    info!(dir = %model_dir.display(), "model written");
+    let report = report::Inputs {
+        model,
+        device: placement.device,
+        class_names: &cfg.class_names,
+        train: &data.train,
+        validation: data.validation.as_ref(),
+        test: data.test.as_ref().zip(test),
+        metrics: &metrics,
+    };
+    let written = report::write(&paths.output_data_dir(), &report)?;
+    info!(dir = %paths.output_data_dir().display(), files = written.len(), "output data written");
+    Ok(())
+}
