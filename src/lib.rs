@@ -25,7 +25,7 @@
 //! | [`plots`]     | the pictures of `output/data`, drawn with an embedded font            |
 //! | [`report`]    | `output/data`: `evaluation.json` and the plots, after training        |
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
-//! | [`job`]       | one job end to end: files, clock and logs meet the pure core          |
+//! | [`job`]       | one job end to end, as named stages: files, clock and logs meet the core |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
 //! | [`crash`]     | a failure file even after a panic or an abort                         |
 //! | [`serve`]     | `train serve`: SageMaker's hosting contract over the same forward pass |
