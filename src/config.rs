@@ -145,7 +145,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("beta2", "Adam/AdamW second-moment decay; 0 to < 1 (default 0.999)"),
     ("epsilon", "Adam/AdamW/RMSprop denominator term; > 0 and <= 1 (default 1e-7, as Keras)"),
     ("momentum", "SGD and RMSprop momentum; 0 to < 1 (default 0)"),
-    ("weight_decay", "L2 penalty (decoupled for adamw); 0 to 1 (default 0)"),
+    ("weight_decay", "L2 penalty for adam, sgd and rmsprop, decoupled for adamw; 0 to 1 (default 0)"),
     ("hidden_units", "hidden layer widths, e.g. 128 or 512,256; 1 to 16 layers of 1 to 65536 (default 128)"),
     ("dropout", "dropout after each hidden layer; 0 to < 1 (default 0)"),
     ("seed", "random seed for initialisation, shuffling and dropout; 0 to 2^63-1 (default 42)"),
@@ -153,7 +153,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("class_names", "comma-separated or JSON list, one per class (default: Fashion-MNIST names)"),
     ("device", "auto, cpu or cuda (default auto: the GPU when there is one)"),
     ("threads", "CPU threads; 0 = one per core, or OMP_NUM_THREADS when set (default 0)"),
-    ("early_stopping_patience", "stop after this many epochs without a better validation loss; 0 = off (default 0)"),
+    ("early_stopping_patience", "stop after this many epochs without a better validation loss, keeping the best epoch's weights; needs validation data; 0 = off (default 0)"),
     ("lr_schedule", "constant, step, exponential or cosine (default constant)"),
     ("lr_step_epochs", "epochs between decays for the step schedule; 1 to 100000 (default 1)"),
     ("lr_decay", "factor per decay for step and exponential; > 0 and <= 1 (default 0.1)"),
@@ -161,10 +161,20 @@ pub const KEYS: &[(&str, &str)] = &[
     ("validation_split", "fraction of training data held out for validation when there is no validation channel; 0 to 0.5 (default 0)"),
     ("checkpoint_interval", "epochs between checkpoints in /opt/ml/checkpoints; 0 = only on SIGTERM (default 1)"),
     ("checkpoint_keep", "checkpoints kept, newest first; 1 to 1000 (default 2)"),
-    ("start_fresh", "true to ignore existing checkpoints instead of resuming (default false)"),
+    ("start_fresh", "true to ignore existing checkpoints instead of resuming; they are removed once the new run has its own (default false)"),
     ("distributed_port", "multi-host jobs: the first host's rendezvous port; 1024 to 65535 (default 29500)"),
     ("distributed_timeout", "multi-host jobs: seconds to wait for the other hosts and for each exchange with them; 1 to 86400 (default 300)"),
 ];
+
+/// The hyperparameter table of `docs/contract.md`, rendered from [`KEYS`] (a test keeps the two
+/// the same).
+pub fn markdown_table() -> String {
+    let mut t = String::from("| key | meaning, allowed values and default |\n| --- | --- |\n");
+    for (key, help) in KEYS {
+        t.push_str(&format!("| `{key}` | {} |\n", help.replace('|', "\\|")));
+    }
+    t
+}
 
 /// Keys other tools add that a user may reasonably pass and we accept as other names.
 const ALIASES: &[(&str, &str)] = &[

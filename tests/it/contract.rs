@@ -78,3 +78,21 @@ fn training_options_go_before_or_after_train_and_never_to_predict() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--channel and --output are training options"), "{stderr}");
 }
+
+/// docs/contract.md's hyperparameter table is the one `--help` and the parser use (rendered from
+/// `config::KEYS`); `SMTRAIN_BLESS=1` rewrites it after a change to the keys.
+#[test]
+fn the_documented_hyperparameters_are_the_accepted_ones() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/contract.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = ("<!-- generated from KEYS", "<!-- end of generated table -->");
+    let a = doc.find(start).expect("start marker");
+    let a = a + doc[a..].find('\n').unwrap() + 1;
+    let b = doc.find(end).expect("end marker");
+    let want = smtrain::config::markdown_table();
+    if std::env::var("SMTRAIN_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, format!("{}{want}{}", &doc[..a], &doc[b..])).unwrap();
+        return;
+    }
+    assert_eq!(&doc[a..b], want, "docs/contract.md's table is stale: rerun with SMTRAIN_BLESS=1");
+}
