@@ -40,3 +40,56 @@ bench-load: setup
 .PHONY: bench-dist
 bench-dist: build
 	$(PYTHON) bench/dist.py --bin "$(BIN)" --threads $(BENCH_THREADS)
+
+# `make bench-serve`: `train serve` against the same model served the way AWS's
+# bring-your-own-container example serves one (Flask behind gunicorn, one sync worker per core,
+# PyTorch eager, bench/serve_torch.py), on the same cores with the same OMP_NUM_THREADS: time to
+# the first /ping 200, requests/s and p50/p99 latency under wrk for 1 and 100 images per request
+# at 1 and 16 connections, peak RSS; first both servers must agree with `train predict` on all
+# 10,000 test images. bench/serve.py tells the method. Heavy: run it alone on a quiet machine.
+.PHONY: bench-serve serve-venv
+
+# Flask, gunicorn, numpy and the CUDA libraries `import torch` loads, pinned in
+# bench/serve-requirements.txt; the torch package is the project's own ($(TORCH_SITE)). One venv
+# per version of that file; the stamp is written last, so an interrupted install is redone.
+SERVE_VENV := $(CACHE_DIR)/serve-venv-$(shell sha256sum bench/serve-requirements.txt | cut -c1-12)
+SERVE_STAMP := $(SERVE_VENV)/.complete
+WRK := /usr/bin/wrk
+# The model both servers load: trained here with the defaults unless given (SERVE_MODEL=.run/model
+# takes `make train`'s).
+BENCH_SERVE_DIR := $(RUN_DIR)/bench-serve
+SERVE_MODEL ?= $(BENCH_SERVE_DIR)/model
+BENCH_SERVE_SECONDS ?= 10
+BENCH_SERVE_THREADS ?= 1
+# Empty: bench/serve.py puts the servers on the upper half of the cores and wrk on the rest.
+BENCH_SERVE_CPUS ?=
+BENCH_SERVE_CLIENT_CPUS ?=
+
+$(SERVE_STAMP): bench/serve-requirements.txt
+	rm -rf "$(SERVE_VENV)"
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv "$(SERVE_VENV)"
+	"$(SERVE_VENV)/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+	  -r bench/serve-requirements.txt
+	"$(SERVE_VENV)/bin/pip" check --disable-pip-version-check
+	touch "$@"
+
+serve-venv: $(SERVE_STAMP)
+
+$(WRK):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+
+$(BENCH_SERVE_DIR)/model/model.json: | build
+	rm -rf "$(BENCH_SERVE_DIR)"
+	OMP_NUM_THREADS=$(BENCH_SERVE_THREADS) $(BIN) train --base-dir "$(BENCH_SERVE_DIR)"
+
+bench-serve: build $(TORCH_STAMP) $(SERVE_STAMP) $(WRK) \
+  $(if $(filter $(BENCH_SERVE_DIR)/model,$(SERVE_MODEL)),$(BENCH_SERVE_DIR)/model/model.json)
+	$(SERVE_VENV)/bin/python bench/serve.py --bin "$(BIN)" --model "$(SERVE_MODEL)" \
+	  --python "$(SERVE_VENV)/bin/python" --torch-site "$(TORCH_SITE)" \
+	  --threads $(BENCH_SERVE_THREADS) --duration $(BENCH_SERVE_SECONDS) \
+	  $(if $(BENCH_SERVE_CPUS),--cpus $(BENCH_SERVE_CPUS)) \
+	  $(if $(BENCH_SERVE_CLIENT_CPUS),--client-cpus $(BENCH_SERVE_CLIENT_CPUS)) \
+	  --json "$(RUN_DIR)/bench-serve.json"
