@@ -20,9 +20,11 @@ Method, in one run:
 2. `train predict` classifies the 10,000 Fashion-MNIST test images; each server then classifies
    them too (text/csv, 1,000 images a request, JSON answers) and must agree with it image for
    image, or the run stops. This also warms both servers up.
-3. wrk, pinned to the other cores, POSTs text/csv requests of 1 and of 100 test images
-   (Accept: application/json) at 1 and at 16 connections, for --duration seconds each, to each
-   server in turn: requests/s, and p50 and p99 latency from wrk's --latency report. Any non-2xx
+3. With both servers up (the idle one costs nothing), wrk, pinned to the other cores, POSTs
+   text/csv requests of 1 and of 100 test images (Accept: application/json) at 1 and at 16
+   connections, for --duration seconds each, to one server and then the other, the order
+   alternating, so that the shared machine's drift hits both alike: requests/s, and p50 and p99
+   latency from wrk's --latency report. Any non-2xx
    answer or socket error fails the run. gunicorn's sync workers close the connection after each
    answer, so wrk reconnects for every request there; that is part of what is measured.
 4. Peak RSS: VmHWM of our process, and the sum over gunicorn's master and workers (each worker
@@ -89,7 +91,7 @@ def csv(imgs):
     return "".join(",".join(map(str, img)) + "\n" for img in imgs).encode()
 
 
-def post(port, body):
+def post(port, body, proc, what):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                  headers={"Content-Type": "text/csv",
                                           "Accept": "application/json"})
@@ -97,7 +99,10 @@ def post(port, body):
         with urllib.request.urlopen(req, timeout=120) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
-        fail(f"port {port}: /invocations answered {e.code}: {e.read()[:300]!r}")
+        fail(f"{what}: /invocations answered {e.code}: {e.read()[:300]!r}")
+    except OSError as e:
+        state = "running" if proc.poll() is None else f"exited with {proc.returncode}"
+        fail(f"{what} ({state}): /invocations failed: {e}")
 
 
 def check_serve(binary):
@@ -236,7 +241,8 @@ def stop(proc):
             proc.wait()
 
 
-def measure(name, a, cores, client, imgs, reference, bodies):
+def ready_and_right(name, a, cores, imgs, reference):
+    """Starts a server, times its start, checks its classes; (process, port, result)."""
     port = free_port()
     proc, started = start(name, a, cores, port)
     try:
@@ -244,25 +250,48 @@ def measure(name, a, cores, client, imgs, reference, bodies):
         print(f"{LABELS[name]}: first /ping 200 after {ready:.3f} s", flush=True)
         classes = []
         for i in range(0, len(imgs), 1000):
-            classes += [p["class"] for p in post(port, csv(imgs[i:i + 1000]))["predictions"]]
+            answer = post(port, csv(imgs[i:i + 1000]), proc, LABELS[name])
+            classes += [p["class"] for p in answer["predictions"]]
         differ = sum(x != y for x, y in zip(classes, reference)) + abs(len(classes) - len(reference))
         if differ:
             fail(f"{LABELS[name]} and `train predict` differ on {differ} of {len(reference)} "
                  "test images")
         print(f"{LABELS[name]}: the same class as `train predict` for all {len(reference)} "
               "test images", flush=True)
-        result = {"start_s": ready, "agrees_with_predict": len(reference)}
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, port, {"start_s": ready, "agrees_with_predict": len(reference)}
+
+
+def measure(names, a, cores, client, imgs, reference, bodies):
+    """Both servers up at once (the idle one costs nothing), each load run on one and then the
+    other, the order alternating, so that a drift in the machine's speed hits both alike."""
+    procs, ports, results = {}, {}, {}
+    try:
+        # One at a time: the start time of each is taken with the machine otherwise idle.
+        for name in names:
+            procs[name], ports[name], results[name] = ready_and_right(name, a, cores, imgs,
+                                                                      reference)
+        turn = 0
         for per in PER_REQUEST:
             for conns in CONNECTIONS:
-                r = wrk(port, bodies[per], conns, a.duration, client)
-                result[f"{per}x{conns}"] = r
-                print(f"{LABELS[name]}: {per} image(s)/request, {conns} connection(s): "
-                      f"{r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
-                      flush=True)
-        result["peak_rss_mb"] = tree_rss_mb(proc.pid)
-        return result
+                order = names if turn % 2 == 0 else names[::-1]
+                turn += 1
+                for name in order:
+                    if procs[name].poll() is not None:
+                        fail(f"{LABELS[name]} exited with {procs[name].returncode}")
+                    r = wrk(ports[name], bodies[per], conns, a.duration, client)
+                    results[name][f"{per}x{conns}"] = r
+                    print(f"{LABELS[name]}: {per} image(s)/request, {conns} connection(s): "
+                          f"{r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+                          f"p99 {r['p99_ms']:.2f} ms", flush=True)
+        for name in names:
+            results[name]["peak_rss_mb"] = tree_rss_mb(procs[name].pid)
+        return results
     finally:
-        stop(proc)
+        for proc in procs.values():
+            stop(proc)
 
 
 def table(results):
@@ -313,8 +342,9 @@ def main():
     a = p.parse_args()
 
     n = os.cpu_count()
-    cpus = a.cpus or (f"{n // 2}-{n - 1}" if n > 1 else "0")
-    client = a.client_cpus or (f"0-{n // 2 - 1}" if n > 1 else "0")
+    upper, lower = range(n // 2, n), range(n // 2) if n > 1 else range(1)
+    cpus = a.cpus or ",".join(map(str, upper))
+    client = a.client_cpus or ",".join(map(str, lower))
     cores = cpu_list(cpus)
     if set(cores) & set(cpu_list(client)):
         print(f"warning: servers ({cpus}) and wrk ({client}) share cores", file=sys.stderr)
@@ -343,8 +373,7 @@ def main():
             bodies[per] = os.path.join(d, f"{per}.csv")
             with open(bodies[per], "wb") as f:
                 f.write(csv(imgs[:per]))
-        for name in names:
-            results[name] = measure(name, a, cores, client, imgs, reference, bodies)
+        results.update(measure(names, a, cores, client, imgs, reference, bodies))
     print()
     print(table(results))
     if a.json:
