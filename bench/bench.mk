@@ -40,3 +40,6 @@ bench-load: setup
 .PHONY: bench-dist
 bench-dist: build
 	$(PYTHON) bench/dist.py --bin "$(BIN)" --threads $(BENCH_THREADS)
+
+# The measuring build for the GPU machine and its script (docs/gpu.md).
+include bench/gpu.mk
