@@ -63,7 +63,7 @@ gpu-build: $(GPU_TORCH_STAMP) $(DATA_STAMP) $(GLOO_STAMP)
 	readelf -d "$(GPU_CARRY)/train" | grep -q 'NEEDED.*libtorch_cuda.so'
 	cp $(DATA_DIR)/train-*-ubyte.gz "$(GPU_CARRY)/data/train/"
 	cp $(DATA_DIR)/t10k-*-ubyte.gz "$(GPU_CARRY)/data/test/"
-	git rev-parse HEAD > "$(GPU_CARRY)/commit"
+	git describe --always --dirty --abbrev=12 > "$(GPU_CARRY)/commit"
 	du -ab "$(GPU_CARRY)" | sort -n | tail -n 8
 	test $$(du -sb "$(GPU_CARRY)" | cut -f1) -lt $$((64 * 1024 * 1024))
 
