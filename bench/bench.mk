@@ -93,3 +93,6 @@ bench-serve: build $(TORCH_STAMP) $(SERVE_STAMP) $(WRK) \
 	  $(if $(BENCH_SERVE_CPUS),--cpus $(BENCH_SERVE_CPUS)) \
 	  $(if $(BENCH_SERVE_CLIENT_CPUS),--client-cpus $(BENCH_SERVE_CLIENT_CPUS)) \
 	  --json "$(RUN_DIR)/bench-serve.json"
+
+# The measuring build for the GPU machine and its script (docs/gpu.md).
+include bench/gpu.mk
