@@ -7,7 +7,7 @@
 //! their gradients with one all-reduce per step, so all end with the same weights. The C++ side
 //! is `src/native/dist.cpp`.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -53,16 +53,9 @@ extern "C" {
     fn smtrain_group_free(group: *mut c_void);
 }
 
-/// The shim's message (NULL on success) as a `Result`, freeing it.
+/// The shim's message (NULL on success) as a `Result`.
 fn check(msg: *mut c_char) -> std::result::Result<(), String> {
-    if msg.is_null() {
-        return Ok(());
-    }
-    // SAFETY: the shim returns a NUL-terminated string from strdup, which we own.
-    let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
-    // SAFETY: `msg` came from strdup (malloc) in the shim and is freed once, here.
-    unsafe { libc::free(msg as *mut c_void) };
-    Err(text)
+    crate::native::take_message(msg).map_or(Ok(()), Err)
 }
 
 fn cstring(s: &str) -> Result<CString> {

@@ -30,14 +30,23 @@ extern "C" {
 
 /// Turns the shim's returned message (NULL on success) into a `Result`, freeing it.
 fn check(msg: *mut c_char, op: &str) -> Result<()> {
+    match take_message(msg) {
+        None => Ok(()),
+        Some(text) => Err(anyhow!("{op}: {text}")),
+    }
+}
+
+/// The one reader of the shims' error convention (`native/*.cpp` return NULL on success, else
+/// a message from strdup that the caller owns): the message, freed; `None` for NULL.
+pub(crate) fn take_message(msg: *mut c_char) -> Option<String> {
     if msg.is_null() {
-        return Ok(());
+        return None;
     }
     // SAFETY: the shim returns a NUL-terminated string from strdup, which we own.
     let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
     // SAFETY: `msg` came from strdup (malloc) in the shim and is freed once, here.
     unsafe { libc::free(msg as *mut c_void) };
-    Err(anyhow!("{op}: {text}"))
+    Some(text)
 }
 
 /// Hyperparameters of one Adam step.
