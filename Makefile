@@ -74,8 +74,10 @@ train: build
 # Tests pin libtorch to one thread: two threads on a busy two-core machine run many times slower.
 test: test-rust $(TEST_TARGETS)
 
+# The tests that need a server or the Docker image are #[ignore]d under a plain `cargo test`
+# (reported as ignored, with the reason); here their parts are set up, and they all run.
 test-rust: setup $(TEST_RUST_PREREQS)
-	OMP_NUM_THREADS=1 cargo test --release --locked
+	OMP_NUM_THREADS=1 cargo test --release --locked -- --include-ignored $(TEST_RUST_SKIP)
 
 lint: setup
 	cargo fmt --all -- --check

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use crate::util::Job;
 
-/// The image under test; `None` (after saying why) where these tests do not apply.
-pub(crate) fn image() -> Option<String> {
-    let Some(image) = std::env::var("SMTRAIN_IMAGE").ok().filter(|v| !v.is_empty()) else {
-        crate::util::missing("SMTRAIN_IMAGE is not set, so the Docker image tests cannot run");
-        return None;
-    };
+/// The image under test (`SMTRAIN_IMAGE`); a test that needs it cannot pass without it.
+pub(crate) fn image() -> String {
+    let image =
+        std::env::var("SMTRAIN_IMAGE").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+            panic!(
+                "SMTRAIN_IMAGE is not set: the Docker tests need the image (`make test` builds it)"
+            )
+        });
     let engine =
         Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
     match engine {
@@ -34,7 +36,7 @@ pub(crate) fn image() -> Option<String> {
         inspect.status.success(),
         "image {image} does not exist: build it with `make docker-image`"
     );
-    Some(image)
+    image
 }
 
 fn docker(args: &[&str]) -> Output {
@@ -163,8 +165,9 @@ fn test_accuracy(metrics_json: &Path) -> f64 {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn image_is_slim_labelled_and_has_an_exec_form_entrypoint() {
-    let Some(image) = image() else { return };
+    let image = image();
     let inspect = docker(&["image", "inspect", &image]);
     let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     let info = &info[0];
@@ -225,8 +228,9 @@ fn image_is_slim_labelled_and_has_an_exec_form_entrypoint() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn file_mode_job_writes_the_model_to_the_mounted_folder_like_the_host_binary() {
-    let Some(image) = image() else { return };
+    let image = image();
     let hp = [("epochs", "1"), ("threads", "1"), ("seed", "5")];
     let job = Job::small(&hp);
     resourceconfig(&job, "algo-1", &["algo-1"]);
@@ -258,8 +262,9 @@ fn file_mode_job_writes_the_model_to_the_mounted_folder_like_the_host_binary() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn bad_hyperparameters_leave_the_reason_in_the_failure_file() {
-    let Some(image) = image() else { return };
+    let image = image();
     let job = Job::small(&[("epochs", "1"), ("threads", "1"), ("learning_rat", "0.01")]);
     let out = run(&image, &mounts(&job), &["train"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -272,8 +277,9 @@ fn bad_hyperparameters_leave_the_reason_in_the_failure_file() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn no_argument_trains_and_help_explains_the_contract() {
-    let Some(image) = image() else { return };
+    let image = image();
     let help = run(&image, &[], &["--help"]);
     assert_eq!(help.status.code(), Some(0));
     let help = text(&help.stdout);
@@ -294,8 +300,9 @@ fn no_argument_trains_and_help_explains_the_contract() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn without_mounts_trains_the_notebook_model_on_the_bundled_fashion_mnist() {
-    let Some(image) = image() else { return };
+    let image = image();
     let c = Container::new();
     let start = Instant::now();
     let out = Command::new("docker")
@@ -377,8 +384,9 @@ fn stop_during_training(image: &str, signal: &str) -> Job {
 /// `docker stop` mid-training, then the same job run again (as SageMaker restarts a spot job with
 /// /opt/ml/checkpoints restored): it resumes and ends bit-identical to an uninterrupted run.
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn docker_stop_checkpoints_and_a_rerun_resumes_bit_identically() {
-    let Some(image) = image() else { return };
+    let image = image();
     let job = stop_during_training(&image, "SIGTERM");
     let out = run(&image, &mounts(&job), &["train"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -390,8 +398,9 @@ fn docker_stop_checkpoints_and_a_rerun_resumes_bit_identically() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn sigint_ends_training_likewise() {
-    let Some(image) = image() else { return };
+    let image = image();
     stop_during_training(&image, "SIGINT");
 }
 
@@ -455,8 +464,9 @@ impl Cluster {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn two_hosts_on_a_private_network_train_together() {
-    let Some(image) = image() else { return };
+    let image = image();
     let model = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(&image, &[("epochs", "2"), ("threads", "1")], model.path());
     let codes: Vec<i64> = cluster.containers.iter().map(Container::wait).collect();
@@ -486,8 +496,9 @@ fn two_hosts_on_a_private_network_train_together() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn killing_one_host_fails_the_other_promptly() {
-    let Some(image) = image() else { return };
+    let image = image();
     let model = tempfile::tempdir().unwrap();
     let hp = [("epochs", "100000"), ("threads", "1"), ("checkpoint_interval", "0")];
     let cluster = Cluster::start(&image, &hp, model.path());
@@ -508,8 +519,9 @@ fn killing_one_host_fails_the_other_promptly() {
 /// `IMAGE serve` as SageMaker hosting runs it: the model mounted at /opt/ml/model, port 8080
 /// published, /ping and /invocations from outside the container, then `docker stop`.
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn serve_answers_from_outside_the_container_and_stops_cleanly() {
-    let Some(image) = image() else { return };
+    let image = image();
     let model = crate::serve::model_dir_of_trained();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let c = Container::new();

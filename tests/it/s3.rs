@@ -132,8 +132,9 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// The real Fashion-MNIST goes up to the server, `train` downloads it, trains, and uploads
 /// `model.tar.gz`; the weights in that tarball reproduce the reported test accuracy.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn real_fashion_mnist_round_trip_through_s3() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("datasets");
     s.create_bucket("artifacts");
     for (ch, prefix) in [("train", "train"), ("test", "t10k")] {
@@ -198,8 +199,9 @@ fn real_fashion_mnist_round_trip_through_s3() {
 /// Keys keep their path below the prefix; folder markers and keys that only share the
 /// prefix's text are skipped; a stale channel folder is replaced, not merged.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn nested_keys_keep_their_paths_below_the_prefix() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("bkt");
     s.put("bkt", "deep/train/a/b/c/images.gz", fixture_file("train", "images-idx3-ubyte.gz"));
     s.put("bkt", "deep/train/labels/l.gz", fixture_file("train", "labels-idx1-ubyte.gz"));
@@ -223,8 +225,9 @@ fn nested_keys_keep_their_paths_below_the_prefix() {
 
 /// 2,345 small objects: more than two listing pages of 1,000, all downloaded, each intact.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn thousands_of_small_objects_span_listing_pages() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("many");
     let objects: Vec<(String, Vec<u8>)> = (0..2345)
         .map(|i| (format!("set/d{}/obj-{i:05}", i % 7), random_bytes(100 + i % 200, i as u64)))
@@ -250,8 +253,9 @@ fn thousands_of_small_objects_span_listing_pages() {
 
 /// An object above the multipart threshold comes down as concurrent byte ranges, exactly.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn large_object_downloads_in_ranges_byte_for_byte() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("big");
     let bytes = random_bytes(13 << 20 | 12345, 7);
     s.put("big", "x/blob.bin", bytes.clone());
@@ -277,8 +281,9 @@ fn large_object_downloads_in_ranges_byte_for_byte() {
 /// A connection that breaks in the middle of a body is resumed from where it stopped, and the
 /// file comes out exact.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn broken_download_is_resumed_byte_for_byte() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("big");
     let bytes = random_bytes(9 << 20, 5);
     s.put("big", "x/blob.bin", bytes.clone());
@@ -323,8 +328,9 @@ fn big_download(
 
 /// SIGTERM during a download stops the job promptly, as during training, and cleans up.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn sigterm_during_download_stops_and_cleans_up() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let job = Job::new();
     let (child, _) = big_download(&s, &job, 13, &[]);
     let sent = std::time::Instant::now();
@@ -357,8 +363,9 @@ fn wait_for_partial(job: &Job, child: &mut std::process::Child) -> String {
 /// A model over the (lowered) multipart threshold is uploaded in 5 MiB parts and reloads to
 /// the same weights.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn model_over_the_threshold_goes_up_in_parts() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "1"), ("hidden_units", "4096")]);
     let r = run(command(&job, Some(&s))
@@ -394,8 +401,9 @@ fn model_over_the_threshold_goes_up_in_parts() {
 /// A multipart upload whose parts cannot get through is aborted: the error names the object
 /// and part, and the server holds no parts and no object afterwards.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn failed_multipart_upload_is_aborted_leaving_no_parts() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("out");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.tar.gz");
@@ -424,8 +432,9 @@ fn failed_multipart_upload_is_aborted_leaving_no_parts() {
 /// The server dies while a large object downloads: the job fails (exit 2, the object named),
 /// and nothing that looks like a finished file or channel is left.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn server_stopped_mid_download_leaves_no_complete_looking_file() {
-    let Some(mut s) = Server::start() else { return };
+    let mut s = Server::start();
     let job = Job::new();
     job.hyperparameters(&[("epochs", "1")]);
     // Kill the server as soon as the object's temporary file has bytes in it.
@@ -447,8 +456,9 @@ fn server_stopped_mid_download_leaves_no_complete_looking_file() {
 /// The server stops answering mid-download (SIGSTOP): the stalled transfer is retried, then
 /// fails the job naming the object, in seconds rather than never.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn a_server_that_hangs_mid_download_fails_the_job_naming_the_object() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let job = Job::new();
     let (child, _) = big_download(&s, &job, 17, &[("SMTRAIN_S3_STALL_TIMEOUT", "2")]);
     s.pause();
@@ -467,8 +477,9 @@ fn a_server_that_hangs_mid_download_fails_the_job_naming_the_object() {
 /// The server hangs while the artifacts go up: the job fails naming the object, the failure
 /// reason's upload gives up too, and no model.tar.gz stands in the prefix.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn a_server_that_hangs_during_the_upload_fails_the_job_naming_the_object() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "40")]);
     let started = Started::until(
@@ -495,8 +506,9 @@ fn a_server_that_hangs_during_the_upload_fails_the_job_naming_the_object() {
 /// A job name that already has artifacts is refused before training, as SageMaker refuses a
 /// name twice, and the earlier run's objects stay alone under their prefix.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn a_reused_job_name_is_refused_before_training() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "1")]);
     run(command(&job, Some(&s)).args(["--output", "s3://out/p/"]).env("TRAINING_JOB_NAME", "once"))
@@ -514,8 +526,9 @@ fn a_reused_job_name_is_refused_before_training() {
 
 /// After a failed run the failure reason is uploaded, so CI can show it.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn failure_reason_is_uploaded_after_a_failed_run() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "0")]);
     // The S3-specific endpoint variable wins over the general one (which goes nowhere here).
@@ -534,8 +547,9 @@ fn failure_reason_is_uploaded_after_a_failed_run() {
 /// The server goes away during training: the upload fails the job and names the object; the
 /// local model is kept.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn failed_upload_after_training_fails_the_job_naming_the_object() {
-    let Some(mut s) = Server::start() else { return };
+    let mut s = Server::start();
     s.create_bucket("out");
     let job = Job::small(&[("epochs", "40")]);
     let started = Started::until(
@@ -554,8 +568,9 @@ fn failed_upload_after_training_fails_the_job_naming_the_object() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn empty_prefix_fails_before_training() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("bkt");
     s.put("bkt", "data-old/x", "only shares the text");
     let job = Job::new();
@@ -564,8 +579,9 @@ fn empty_prefix_fails_before_training() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn missing_bucket_fails_before_training() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let job = Job::new();
     let r = run(command(&job, Some(&s)).args(["--channel", "train=s3://no-such-bucket/x/"]));
     fails_before_training(
@@ -576,8 +592,9 @@ fn missing_bucket_fails_before_training() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn missing_output_bucket_fails_before_training() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let job = Job::small(&[("epochs", "1")]);
     let r = run(command(&job, Some(&s)).args(["--output", "s3://no-such-bucket/runs/"]));
     let failure = job.failure().unwrap();
@@ -588,8 +605,9 @@ fn missing_output_bucket_fails_before_training() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn wrong_secret_fails_with_the_s3_code_and_a_hint() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("bkt");
     put_fixture(&s, "bkt", "");
     let job = Job::new();
@@ -600,8 +618,9 @@ fn wrong_secret_fails_with_the_s3_code_and_a_hint() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn unknown_access_key_fails_with_the_s3_code_and_a_hint() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("bkt");
     put_fixture(&s, "bkt", "");
     let job = Job::new();
@@ -619,14 +638,14 @@ fn unknown_access_key_fails_with_the_s3_code_and_a_hint() {
 /// moto with the fixture's channels under `s3://datasets/fashion/`, an empty `artifacts`
 /// bucket and an IAM user allowed only `statements`, IAM checks on; the server and the user's
 /// keys. `None` (skip) when moto is not installed outside CI.
-fn moto_with_user(statements: serde_json::Value) -> Option<(Server, Keys)> {
-    let mut s = Server::start_moto()?;
+fn moto_with_user(statements: serde_json::Value) -> (Server, Keys) {
+    let mut s = Server::start_moto();
     s.create_bucket("datasets");
     put_fixture(&s, "datasets", "fashion/");
     s.create_bucket("artifacts");
     let user = s.iam_user("trainer", &json!({"Version": "2012-10-17", "Statement": statements}));
     s.enforce_iam();
-    Some((s, user))
+    (s, user)
 }
 
 /// A one-epoch job reading the fixture's train channel from `s` with `user`'s keys; the
@@ -646,12 +665,10 @@ fn allow(action: &str, resource: &str) -> serde_json::Value {
 /// The usual slip: a role that may read the objects but not list the bucket. The job fails
 /// before anything is downloaded, with S3's code and the permission it lacks.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn denied_listing_fails_before_training_with_the_code_and_a_hint() {
-    let Some((s, user)) =
-        moto_with_user(json!([allow("s3:GetObject", "arn:aws:s3:::datasets/fashion/*")]))
-    else {
-        return;
-    };
+    let (s, user) =
+        moto_with_user(json!([allow("s3:GetObject", "arn:aws:s3:::datasets/fashion/*")]));
     let (job, mut cmd) = job_as(&s, &user);
     let r = run(&mut cmd);
     fails_before_training(
@@ -667,11 +684,9 @@ fn denied_listing_fails_before_training_with_the_code_and_a_hint() {
 /// Listing allowed, reading not: the job fails before training, naming the object it could
 /// not download, and leaves no channel folder and no staging folder behind.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn denied_download_fails_before_training_naming_the_object() {
-    let Some((s, user)) = moto_with_user(json!([allow("s3:ListBucket", "arn:aws:s3:::datasets")]))
-    else {
-        return;
-    };
+    let (s, user) = moto_with_user(json!([allow("s3:ListBucket", "arn:aws:s3:::datasets")]));
     let (job, mut cmd) = job_as(&s, &user);
     let r = run(&mut cmd);
     let failure = client_error(&job, &r, &["AccessDenied (HTTP 403)"]);
@@ -697,13 +712,12 @@ fn denied_download_fails_before_training_naming_the_object() {
 /// trains (S3 only says no at the upload), then fails naming the object; the local model
 /// stays, and nothing lands in the bucket, not even the failure reason.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn denied_upload_fails_the_job_naming_the_object() {
-    let Some((s, user)) = moto_with_user(json!([
+    let (s, user) = moto_with_user(json!([
         allow("s3:ListBucket", "arn:aws:s3:::*"),
         allow("s3:GetObject", "arn:aws:s3:::datasets/*"),
-    ])) else {
-        return;
-    };
+    ]));
     let (job, mut cmd) = job_as(&s, &user);
     let r = run(cmd
         .args(["--channel", "test=s3://datasets/fashion/test/"])
@@ -728,14 +742,13 @@ fn denied_upload_fails_the_job_naming_the_object() {
 /// A least-privilege role that may write the output prefix but not list it: the check before
 /// training only warns, and the artifacts are uploaded.
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn output_prefix_that_cannot_be_listed_only_warns() {
-    let Some((s, user)) = moto_with_user(json!([
+    let (s, user) = moto_with_user(json!([
         allow("s3:ListBucket", "arn:aws:s3:::datasets"),
         allow("s3:GetObject", "arn:aws:s3:::datasets/*"),
         allow("s3:PutObject", "arn:aws:s3:::artifacts/runs/*"),
-    ])) else {
-        return;
-    };
+    ]));
     let (_job, mut cmd) = job_as(&s, &user);
     let r =
         run(cmd.args(["--output", "s3://artifacts/runs/"]).env("TRAINING_JOB_NAME", "write-only"))
@@ -748,8 +761,9 @@ fn output_prefix_that_cannot_be_listed_only_warns() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn no_region_fails_with_a_hint() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let job = Job::new();
     let r = run(command(&job, Some(&s))
         .args(["--channel", "train=s3://bkt/train/"])
@@ -758,8 +772,9 @@ fn no_region_fails_with_a_hint() {
 }
 
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn no_credentials_fail_with_a_hint() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     let job = Job::new();
     let r = run(command(&job, Some(&s))
         .args(["--channel", "train=s3://bkt/train/"])
@@ -772,8 +787,9 @@ fn no_credentials_fail_with_a_hint() {
 /// is written. (s3s-fs stores keys as files, so it can hold these two; `..`, `//` and absolute
 /// keys are covered by the unit tests of `s3::location`.)
 #[test]
+#[ignore = "needs the S3 test servers: `make test` installs them and runs these"]
 fn keys_that_would_leave_the_channel_folder_are_refused() {
-    let Some(s) = Server::start() else { return };
+    let s = Server::start();
     s.create_bucket("bkt");
     put_fixture(&s, "bkt", "");
     s.put("bkt", "train/%2e%2e/%2e%2e/escape.txt", "x");
@@ -781,7 +797,7 @@ fn keys_that_would_leave_the_channel_folder_are_refused() {
     let r = run(command(&job, Some(&s)).args(["--channel", "train=s3://bkt/train/"]));
     fails_before_training(&job, &r, &["train/%2e%2e/%2e%2e/escape.txt", "percent-encoded"]);
 
-    let s2 = Server::start().unwrap();
+    let s2 = Server::start();
     s2.create_bucket("bkt");
     put_fixture(&s2, "bkt", "");
     s2.put("bkt", "train/..\\..\\escape.txt", "x");
@@ -851,9 +867,10 @@ fn channel_flags_follow_the_channel_rules() {
 /// `--output` to an S3 prefix (the server on this machine's loopback, reached through the host
 /// network): `model.tar.gz` and `output.tar.gz` land under `<prefix>/<job>/output/`.
 #[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn docker_image_without_mounts_uploads_its_model_to_the_output_prefix() {
-    let Some(image) = crate::docker::image() else { return };
-    let Some(s) = Server::start() else { return };
+    let image = crate::docker::image();
+    let s = Server::start();
     s.create_bucket("artifacts");
     let mut cmd = Command::new("docker");
     cmd.args(["run", "--rm", "--network", "host", "--env", "OMP_NUM_THREADS=1"])

@@ -167,10 +167,6 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The missing-part rule (fail, or SKIPPED with `SMTRAIN_TESTS_ALLOW_SKIP=1`); it lives beside
-/// the S3 server helper, which `bench/s3.rs` includes without this crate.
-pub use crate::s3::server::missing;
-
 /// A `train` started in the background, its log read up to a line the test waited for.
 pub struct Started {
     pub child: Child,

@@ -56,25 +56,22 @@ pub struct Server {
     keys: Keys,
 }
 
-/// The s3s-fs binary, or `None` to skip where skipping is allowed (see `util::missing`).
-pub fn server_binary() -> Option<PathBuf> {
+/// The s3s-fs binary (`SMTRAIN_S3S_FS`); a test that needs it cannot pass without it.
+pub fn server_binary() -> PathBuf {
     binary(SERVER_ENV, "s3s-fs")
 }
 
-/// The program named by the environment variable `env`, or `None` to skip where skipping is
-/// allowed (see `util::missing`).
-pub fn binary(env: &str, what: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(env).map(PathBuf::from);
-    match path {
-        Some(p) if p.is_file() => Some(p),
-        other => {
-            let why = match other {
-                Some(p) => format!("{env}={} does not exist", p.display()),
-                None => format!("{env} is not set"),
-            };
-            missing(&format!("{why}: the S3 tests need {what}"));
-            None
-        }
+/// The program named by the environment variable `env`. Missing, the test fails: the S3 tests
+/// are `#[ignore]`d under a plain `cargo test`, and `make test` installs their servers and runs
+/// them.
+pub fn binary(env: &str, what: &str) -> PathBuf {
+    match std::env::var_os(env).map(PathBuf::from) {
+        Some(p) if p.is_file() => p,
+        Some(p) => panic!(
+            "{env}={} does not exist: the S3 tests need {what} (`make test` installs it)",
+            p.display()
+        ),
+        None => panic!("{env} is not set: the S3 tests need {what} (`make test` installs it)"),
     }
 }
 
@@ -97,14 +94,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl Server {
-    /// Starts a server, or returns `None` when the binary is missing outside CI.
-    pub fn start() -> Option<Self> {
-        let bin = server_binary()?;
+    /// Starts a server.
+    pub fn start() -> Self {
+        let bin = server_binary();
         let root = tempfile::Builder::new().prefix("smtrain-s3-").tempdir().unwrap();
         let keys = Keys { access_key: ACCESS_KEY.into(), secret_key: SECRET_KEY.into() };
         let mut server = Self { child: None, port: 0, root, rt: runtime(), s3: dummy_s3(), keys };
         server.spawn(&bin);
-        Some(server)
+        server
     }
 
     fn spawn(&mut self, bin: &Path) {
@@ -285,8 +282,8 @@ impl Server {
 /// everything.
 impl Server {
     /// Starts moto, or returns `None` when it is not installed outside CI.
-    pub fn start_moto() -> Option<Self> {
-        let bin = binary(MOTO_ENV, "moto")?;
+    pub fn start_moto() -> Self {
+        let bin = binary(MOTO_ENV, "moto");
         // moto keeps everything in memory; the folder is only its working directory.
         let root = tempfile::Builder::new().prefix("smtrain-moto-").tempdir().unwrap();
         let port = free_port();
@@ -306,7 +303,7 @@ impl Server {
         // A Python program: slower to start than s3s-fs, more so on a busy machine.
         wait_for_listener("moto", port, 60);
         server.s3 = server.client(TransferOptions::default());
-        Some(server)
+        server
     }
 
     /// Creates an IAM user whose only permissions are `policy` (an IAM policy document), with
@@ -547,19 +544,5 @@ impl ProxyState {
         }
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
-    }
-}
-
-/// The variable that lets tests whose parts are missing (Docker, an S3 server) be skipped.
-pub const ALLOW_SKIP: &str = "SMTRAIN_TESTS_ALLOW_SKIP";
-
-/// A test's real part is missing. By default that fails the test, since a test that did not
-/// run must not read as one that passed; with `SMTRAIN_TESTS_ALLOW_SKIP=1` (a machine without
-/// Docker, say) it says SKIPPED on stderr and the caller returns.
-pub fn missing(why: &str) {
-    if std::env::var(ALLOW_SKIP).is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: {why} ({ALLOW_SKIP}=1)");
-    } else {
-        panic!("{why}: run the tests with `make test`, which sets up every part, or set {ALLOW_SKIP}=1 to skip them");
     }
 }
