@@ -141,10 +141,16 @@ struct Job {
 struct Shared {
     ready: AtomicBool,
     jobs: std::sync::mpsc::SyncSender<Job>,
-    shape: Mutex<(usize, usize)>,
-    class_names: Mutex<Vec<String>>,
+    /// What requests need of the model, set once it is loaded (before `ready`).
+    model: std::sync::OnceLock<ModelInfo>,
     settings: Settings,
     stats: Stats,
+}
+
+/// The input size and class names of the loaded model.
+struct ModelInfo {
+    shape: (usize, usize),
+    class_names: Vec<String>,
 }
 
 /// Requests since the last summary.
@@ -195,8 +201,7 @@ pub fn main(model: &Path) -> Result<()> {
     let shared = Arc::new(Shared {
         ready: AtomicBool::new(false),
         jobs,
-        shape: Mutex::new((0, 0)),
-        class_names: Mutex::new(Vec::new()),
+        model: std::sync::OnceLock::new(),
         settings: settings.clone(),
         stats: Stats::default(),
     });
@@ -261,8 +266,8 @@ fn start_workers(
     // A forward pass before /ping says yes: a model that cannot answer must not go InService.
     let probe = forward(&loaded, &Batch { pixels: vec![0.0; rows * cols], count: 1 });
     anyhow::ensure!(probe.len() == 1, "the model gave no prediction for a probe image");
-    *shared.shape.lock().expect("shape lock") = (rows, cols);
-    *shared.class_names.lock().expect("names lock") = loaded.card.class_names.clone();
+    let info = ModelInfo { shape: (rows, cols), class_names: loaded.card.class_names.clone() };
+    let _ = shared.model.set(info);
     let queue = Arc::new(Mutex::new(queue));
     for i in 0..shared.settings.workers {
         let copy = Loaded {
@@ -390,7 +395,10 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
             )
         }
     };
-    let shape = *shared.shape.lock().expect("shape lock");
+    let Some(model) = shared.model.get() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading");
+    };
+    let shape = model.shape;
     // Decoding is CPU work, but bounded by the payload limit: a few milliseconds at most.
     let batch = match payload::decode(input, &bytes, shape) {
         Ok(b) => b,
@@ -404,8 +412,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
         Ok(Ok(p)) => p,
         _ => return error(StatusCode::SERVICE_UNAVAILABLE, "no worker answered in time"),
     };
-    let names = shared.class_names.lock().expect("names lock").clone();
-    let body = payload::encode(output, &predictions, &names);
+    let body = payload::encode(output, &predictions, &model.class_names);
     ([(header::CONTENT_TYPE, output.content_type())], body).into_response()
 }
 
