@@ -51,7 +51,7 @@ fn main() {
         let t1 = cpu_seconds();
         let (logits, tape) = m.forward_train(&x, vec![None]);
         let t2 = cpu_seconds();
-        let (dlogits, _l, _c) = model::cross_entropy_grad(&logits, &y);
+        let (dlogits, _l, _c) = model::cross_entropy_grad(&logits, &y, 0.0);
         let t3 = cpu_seconds();
         m.backward(&tape, dlogits, &grads);
         let t4 = cpu_seconds();
@@ -65,7 +65,7 @@ fn main() {
 
     // The CPU fast path, as training runs it.
     let mut state = TrainState::new(&cfg, 784, Device::Cpu);
-    let mut host = HostStep::new(&cfg, &data, &state, None);
+    let mut host = HostStep::new(&cfg, &data, &state, None).unwrap();
     let t0 = cpu_seconds();
     for step in 0..steps {
         let start = (step as i64 * batch) % (n - batch);

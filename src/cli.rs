@@ -148,8 +148,8 @@ METRICS on stdout, one line per epoch and one for the test set:
 HYPERPARAMETERS:
 ",
     );
-    for (key, help) in KEYS {
-        s.push_str(&format!("  {key:<24} {help}\n"));
+    for k in KEYS {
+        s.push_str(&format!("  {:<24} {}\n", k.name, k.describe()));
     }
     s.push_str(
         "

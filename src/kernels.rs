@@ -18,14 +18,17 @@ pub fn gather_scaled(src: &[u8], width: usize, idx: &[i64], scale: f32, out: &mu
 /// Softmax cross-entropy over `logits` (rows of `classes`), in place: `logits` becomes the
 /// gradient of the mean loss over a batch of `batch` rows with respect to the logits (`batch`
 /// exceeds the rows here when several ranks share a batch). Returns the summed loss and the
-/// number of rows whose largest logit (the first, on ties) is the label.
+/// number of rows whose largest logit (the first, on ties) is the label. With `smoothing` ε
+/// the target is `(1-ε)·onehot + ε/classes`; at 0 the arithmetic is exactly the plain loss's.
 pub fn softmax_xent_grad(
     logits: &mut [f32],
     classes: usize,
     labels: &[i64],
     batch: usize,
+    smoothing: f32,
 ) -> (f32, i64) {
     let inv_n = 1.0 / batch as f32;
+    let spread = smoothing / classes as f32;
     let (mut loss, mut correct) = (0f32, 0i64);
     for (row, &y) in logits.chunks_exact_mut(classes).zip(labels) {
         let y = y as usize;
@@ -38,11 +41,20 @@ pub fn softmax_xent_grad(
         correct += (best == y) as i64;
         let sum: f32 = row.iter().map(|&z| (z - max).exp()).sum();
         let log_sum = sum.ln();
-        loss += log_sum - (row[y] - max);
-        for z in row.iter_mut() {
-            *z = (*z - max - log_sum).exp() * inv_n;
+        if smoothing > 0.0 {
+            let mean_shifted: f32 = row.iter().map(|&z| z - max).sum::<f32>() * spread;
+            loss += log_sum - ((1.0 - smoothing) * (row[y] - max) + mean_shifted);
+            for z in row.iter_mut() {
+                *z = ((*z - max - log_sum).exp() - spread) * inv_n;
+            }
+            row[y] -= (1.0 - smoothing) * inv_n;
+        } else {
+            loss += log_sum - (row[y] - max);
+            for z in row.iter_mut() {
+                *z = (*z - max - log_sum).exp() * inv_n;
+            }
+            row[y] -= inv_n;
         }
-        row[y] -= inv_n;
     }
     (loss, correct)
 }
@@ -232,7 +244,7 @@ mod tests {
     #[test]
     fn softmax_xent_matches_the_formula() {
         let mut z = [1.0f32, 2.0, 3.0, 0.5, 0.5, 0.5];
-        let (loss, correct) = softmax_xent_grad(&mut z, 3, &[2, 1], 2);
+        let (loss, correct) = softmax_xent_grad(&mut z, 3, &[2, 1], 2, 0.0);
         let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
         let want = (lse - 3.0) + 3f32.ln();
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");

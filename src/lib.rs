@@ -13,6 +13,7 @@
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
 //! | [`distributed`]| multi-host jobs: rank from `resourceconfig.json`, c10d rendezvous, all-reduce |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
+//! | [`augment`]   | training images shifted and mirrored per (seed, epoch, step)          |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
 //! | [`native`]    | the C++ shim: what tch does not bind (fused Adam, libtorch's thread pool); c10d in `native/dist.cpp` |
 //! | [`step`]      | one optimizer step: libtorch ops on any device, or the CPU fast path |
@@ -37,6 +38,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod artifacts;
+pub mod augment;
 pub mod budget;
 pub mod checkpoint;
 pub mod cli;

@@ -209,14 +209,25 @@ impl Mlp {
 
 /// Mean softmax cross-entropy's gradient with respect to the logits, plus the summed loss and
 /// the number of correct predictions (both left on the device so no step waits for them).
-pub fn cross_entropy_grad(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor, Tensor) {
-    let n = logits.size()[0];
+/// With `smoothing` ε the target is `(1-ε)·onehot + ε/classes` (PyTorch's `label_smoothing`).
+pub fn cross_entropy_grad(
+    logits: &Tensor,
+    labels: &Tensor,
+    smoothing: f64,
+) -> (Tensor, Tensor, Tensor) {
+    let (n, classes) = (logits.size()[0], logits.size()[1]);
     let log_probs = logits.log_softmax(1, Kind::Float);
     let picked = log_probs.gather(1, &labels.unsqueeze(1), false);
-    let loss_sum = -picked.sum(Kind::Float);
     let correct = logits.argmax(1, false).eq_tensor(labels).sum(Kind::Int64);
     let mut grad = log_probs.exp();
-    let minus_one = Tensor::full([n, 1], -1.0, (Kind::Float, logits.device()));
+    let loss_sum = if smoothing > 0.0 {
+        let spread = smoothing / classes as f64;
+        let _ = grad.g_sub_scalar_(spread);
+        -(picked.sum(Kind::Float) * (1.0 - smoothing) + log_probs.sum(Kind::Float) * spread)
+    } else {
+        -picked.sum(Kind::Float)
+    };
+    let minus_one = Tensor::full([n, 1], smoothing - 1.0, (Kind::Float, logits.device()));
     let _ = grad.scatter_add_(1, &labels.unsqueeze(1), &minus_one);
     let _ = grad.g_mul_scalar_(1.0 / n as f64);
     (grad, loss_sum, correct)
@@ -300,7 +311,7 @@ mod tests {
             &x,
             masks.iter().map(|m| m.as_ref().map(Tensor::shallow_clone)).collect(),
         );
-        let (dlogits, loss_sum, _) = cross_entropy_grad(&logits, &y);
+        let (dlogits, loss_sum, _) = cross_entropy_grad(&logits, &y, 0.0);
         let grad_flat = Tensor::zeros([param_count(&sizes) as i64], (Kind::Float, Device::Cpu));
         model.backward(&tape, dlogits, &dense_views(&grad_flat, &sizes));
 
@@ -319,6 +330,27 @@ mod tests {
         loss.backward();
         let diff = (leaf.grad() - &grad_flat).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "max gradient difference {diff}");
+    }
+
+    /// Label smoothing as PyTorch defines it, on both the libtorch and the fast path.
+    #[test]
+    fn label_smoothing_matches_libtorch_and_the_fast_path() {
+        tch::manual_seed(1);
+        let logits = Tensor::randn([5, 4], (Kind::Float, Device::Cpu)) * 3.0;
+        let labels = [0i64, 3, 1, 2, 3];
+        let y = Tensor::from_slice(&labels);
+        let (grad, loss_sum, _) = cross_entropy_grad(&logits, &y, 0.2);
+        let leaf = logits.detach().copy().set_requires_grad(true);
+        let loss = leaf.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.2);
+        loss.backward();
+        assert!((loss.double_value(&[]) * 5.0 - loss_sum.double_value(&[])).abs() < 1e-5);
+        assert!((leaf.grad() - &grad).abs().max().double_value(&[]) < 1e-6);
+
+        let mut z = Vec::<f32>::try_from(logits.flatten(0, -1)).unwrap();
+        let (host_loss, _) = crate::kernels::softmax_xent_grad(&mut z, 4, &labels, 5, 0.2);
+        assert!((host_loss as f64 - loss_sum.double_value(&[])).abs() < 1e-4);
+        let host_grad = Tensor::from_slice(&z).view([5, 4]);
+        assert!((host_grad - &grad).abs().max().double_value(&[]) < 1e-6);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use crate::augment::{Augment, Move};
 use crate::config::TrainConfig;
 use crate::distributed::{self, Group};
 use crate::kernels;
@@ -88,12 +89,12 @@ pub fn for_device<'a>(
     data: &'a DeviceData,
     state: &TrainState,
     group: Option<&'a Group>,
-) -> Box<dyn Step + 'a> {
-    if data.labels.device() == Device::Cpu {
-        Box::new(HostStep::new(cfg, data, state, group))
+) -> Result<Box<dyn Step + 'a>> {
+    Ok(if data.labels.device() == Device::Cpu {
+        Box::new(HostStep::new(cfg, data, state, group)?)
     } else {
-        Box::new(TensorStep::new(cfg, data, state, group))
-    }
+        Box::new(TensorStep::new(cfg, data, state, group)?)
+    })
 }
 
 /// What follows the gradients in the exchanged buffer: the step's summed loss, its correct
@@ -163,10 +164,26 @@ fn mask_seed(cfg: &TrainConfig, epoch: usize, state: &TrainState, layer: usize) 
     [cfg.seed, epoch as u64, state.step as u64, layer as u64]
 }
 
+/// The moves of rows `lo..hi` of this step's batch of `len`: drawn for the whole batch, so that
+/// a rank's rows get what one process would.
+fn batch_moves(
+    aug: &Augment,
+    cfg: &TrainConfig,
+    (epoch, step): (usize, usize),
+    (lo, hi): (usize, usize),
+    len: usize,
+) -> Vec<Move> {
+    let mut moves = aug.moves(cfg.seed, epoch, step, len);
+    moves.truncate(hi);
+    moves.drain(..lo);
+    moves
+}
+
 /// Every part of the step as libtorch operations, on any device.
 pub struct TensorStep<'a> {
     cfg: &'a TrainConfig,
     data: &'a DeviceData,
+    augment: Option<Augment>,
     grad_flat: Tensor,
     grads: Vec<Dense>,
     exchange: Option<Exchange<'a>>,
@@ -178,9 +195,31 @@ impl<'a> TensorStep<'a> {
         data: &'a DeviceData,
         state: &TrainState,
         group: Option<&'a Group>,
-    ) -> Self {
+    ) -> Result<Self> {
         let (grad_flat, grads, exchange) = gradient_buffers(state, group);
-        Self { cfg, data, grad_flat, grads, exchange }
+        let augment = Augment::new(cfg, data.shape.0, data.shape.1)?;
+        Ok(Self { cfg, data, augment, grad_flat, grads, exchange })
+    }
+
+    /// This step's rows of the batch, moved by the augmentation when it is on.
+    fn inputs(
+        &self,
+        idx: &Tensor,
+        (epoch, step): (usize, usize),
+        rows: (usize, usize),
+        len: usize,
+    ) -> (Tensor, Tensor) {
+        let (x, y) = self.data.batch(idx);
+        let Some(aug) = &self.augment else {
+            return (x, y);
+        };
+        let moves = batch_moves(aug, self.cfg, (epoch, step), rows, len);
+        let shape = x.size();
+        let source = Tensor::from_slice(&aug.source_index(&moves)).view([shape[0], shape[1]]);
+        let device = x.device();
+        let zero = Tensor::zeros([shape[0], 1], (Kind::Float, device));
+        let x = Tensor::cat(&[x, zero], 1).gather(1, &source.to_device(device), false);
+        (x, y)
     }
 }
 
@@ -199,7 +238,8 @@ impl Step for TensorStep<'_> {
         let (lo, hi) = self.exchange.as_ref().map_or((0, len as usize), |x| x.rows(len as usize));
         let (l, c) = if hi > lo {
             let rows = (hi - lo) as i64;
-            let (x, y) = self.data.batch(&order.narrow(0, start + lo as i64, rows));
+            let idx = order.narrow(0, start + lo as i64, rows);
+            let (x, y) = self.inputs(&idx, (epoch, state.step), (lo, hi), len as usize);
             let masks = sizes[1..sizes.len() - 1]
                 .iter()
                 .enumerate()
@@ -212,7 +252,7 @@ impl Step for TensorStep<'_> {
                 })
                 .collect();
             let (logits, tape) = state.model.forward_train(&x, masks);
-            let (dlogits, l, c) = model::cross_entropy_grad(&logits, &y);
+            let (dlogits, l, c) = model::cross_entropy_grad(&logits, &y, self.cfg.label_smoothing);
             // The gradient of the whole batch's mean, of which these rows are a part.
             let dlogits = if rows == len { dlogits } else { dlogits * (rows as f64 / len as f64) };
             state.model.backward(&tape, dlogits, &self.grads);
@@ -299,6 +339,7 @@ fn small_layer(sizes: &[usize], i: usize, rows: usize) -> bool {
 /// The CPU fast path: libtorch for the large matrix products, Rust loops for the rest.
 pub struct HostStep<'a> {
     cfg: &'a TrainConfig,
+    augment: Option<Augment>,
     sizes: Vec<usize>,
     images: &'a [u8],
     labels: &'a [i64],
@@ -322,7 +363,8 @@ impl<'a> HostStep<'a> {
         data: &'a DeviceData,
         state: &TrainState,
         group: Option<&'a Group>,
-    ) -> Self {
+    ) -> Result<Self> {
+        let augment = Augment::new(cfg, data.shape.0, data.shape.1)?;
         let sizes = state.model.sizes().to_vec();
         let (grad_flat, grads, exchange) = gradient_buffers(state, group);
         let views =
@@ -333,8 +375,9 @@ impl<'a> HostStep<'a> {
         // SAFETY: the dataset's tensors are contiguous CPU tensors of these types that `data`
         // keeps alive and nothing writes while we train.
         let (images, labels) = unsafe { (&*host::<u8>(&data.images), &*host::<i64>(&data.labels)) };
-        Self {
+        Ok(Self {
             cfg,
+            augment,
             sizes,
             images,
             labels,
@@ -347,7 +390,7 @@ impl<'a> HostStep<'a> {
             biases: views(layers.iter().map(|l| &l.bias).collect()),
             weights_t: layers.iter().map(|l| l.weight.tr()).collect(),
             buffers: Vec::new(),
-        }
+        })
     }
 }
 
@@ -426,10 +469,11 @@ impl HostStep<'_> {
                 unsafe { kernels::relu_dropout(out.slice(), mask(i)) };
             }
         }
-        let classes = self.sizes[last + 1];
+        let (classes, smoothing) = (self.sizes[last + 1], self.cfg.label_smoothing as f32);
         // SAFETY: as in `step`.
-        let (loss, correct) =
-            unsafe { kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch) };
+        let (loss, correct) = unsafe {
+            kernels::softmax_xent_grad(b.logits.slice(), classes, &b.labels, batch, smoothing)
+        };
 
         // Backward: the logits now hold their gradient.
         for i in (0..=last).rev() {
@@ -466,8 +510,19 @@ impl HostStep<'_> {
             }
         };
         let (b, sizes) = (&mut self.buffers[pos], &self.sizes);
+        let scale = 1.0 / 255.0;
         // SAFETY: as in `step`.
-        unsafe { kernels::gather_scaled(self.images, sizes[0], idx, 1.0 / 255.0, b.x.slice()) };
+        let x = unsafe { b.x.slice() };
+        match &self.augment {
+            None => kernels::gather_scaled(self.images, sizes[0], idx, scale, x),
+            Some(aug) => {
+                let moves =
+                    batch_moves(aug, self.cfg, (epoch, state.step), (first, first + rows), batch);
+                for ((out, &i), m) in x.chunks_exact_mut(sizes[0]).zip(idx).zip(moves) {
+                    aug.apply(&self.images[i as usize * sizes[0]..][..sizes[0]], m, scale, out);
+                }
+            }
+        }
         for (dst, &i) in b.labels.iter_mut().zip(idx) {
             *dst = self.labels[i as usize];
         }
@@ -555,21 +610,32 @@ mod tests {
         let data = DeviceData::new(&toy(64, 1), Device::Cpu);
         // Small layers run as Rust loops, large ones through libtorch: 16 rows × 16 features ×
         // 600 units is above SMALL_LAYER_MACS, so the last two cases mix both.
-        let cases = [(0.0, vec![8]), (0.3, vec![8, 6]), (0.0, vec![600]), (0.3, vec![600, 6])];
+        // The last two also shift, mirror and smooth the labels.
+        let cases = [
+            (0.0, vec![8], false),
+            (0.3, vec![8, 6], false),
+            (0.0, vec![600], false),
+            (0.3, vec![600, 6], false),
+            (0.0, vec![8], true),
+            (0.3, vec![600, 6], true),
+        ];
         assert!(!small_layer(&[16, 600], 0, 16) && small_layer(&[600, 6], 0, 16));
-        for (dropout, hidden) in cases {
+        for (dropout, hidden, extras) in cases {
             let cfg = TrainConfig {
                 num_classes: 4,
                 hidden_units: hidden,
                 dropout,
                 batch_size: 16,
+                augment_shift: if extras { 1 } else { 0 },
+                augment_flip: extras,
+                label_smoothing: if extras { 0.1 } else { 0.0 },
                 ..TrainConfig::default()
             };
             let mut a = TrainState::new(&cfg, 16, Device::Cpu);
             let mut b = TrainState::new(&cfg, 16, Device::Cpu);
             let order = Tensor::from_slice(&crate::train::epoch_order(1, 0, 64));
-            let mut host_step = HostStep::new(&cfg, &data, &a, None);
-            let mut tensor_step = TensorStep::new(&cfg, &data, &b, None);
+            let mut host_step = HostStep::new(&cfg, &data, &a, None).unwrap();
+            let mut tensor_step = TensorStep::new(&cfg, &data, &b, None).unwrap();
             for s in 0..4 {
                 // 64 = 3 full batches of 16 and one of 16; use a short one too.
                 let len = if s == 3 { 10 } else { 16 };

@@ -30,6 +30,8 @@ pub const EVAL_BATCH: i64 = 2000;
 pub struct DeviceData {
     pub images: Tensor,
     pub labels: Tensor,
+    /// Each image's rows and columns.
+    pub shape: (usize, usize),
 }
 
 impl DeviceData {
@@ -38,7 +40,7 @@ impl DeviceData {
         let images =
             Tensor::from_slice(&ds.images).view([n, ds.features() as i64]).to_device(device);
         let labels = Tensor::from_slice(&ds.labels).to_kind(Kind::Int64).to_device(device);
-        Self { images, labels }
+        Self { images, labels, shape: (ds.rows, ds.cols) }
     }
 
     pub fn len(&self) -> i64 {
@@ -268,7 +270,7 @@ pub fn resume(
     let n = epoch_len(train.len() as usize, cfg.batch_size, parallel) as i64;
     let batch = cfg.batch_size as i64;
     let steps = steps_per_epoch(n, cfg.batch_size);
-    let mut stepper = step::for_device(cfg, train, &state, parallel.map(|p| p.group));
+    let mut stepper = step::for_device(cfg, train, &state, parallel.map(|p| p.group))?;
     while !state.finished(cfg) {
         let epoch = state.epoch;
         let lr = cfg.learning_rate_at(epoch);

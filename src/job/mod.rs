@@ -19,6 +19,7 @@ use anyhow::{Context, Result};
 use tracing::info;
 
 use crate::artifacts::{self, DataRecord, ModelCard};
+use crate::augment::Augment;
 use crate::checkpoint::{self, Checkpointer};
 use crate::config::TrainConfig;
 use crate::contract::{JobFiles, Paths};
@@ -112,11 +113,13 @@ fn resolve_config(paths: &Paths, files: &JobFiles) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-/// Picks the device and threads, and refuses a configuration the host's memory cannot hold.
+/// Picks the device and threads, and refuses a configuration the host's memory or the
+/// training images cannot take.
 fn place(cfg: &TrainConfig, topology: &Topology, train: &Dataset) -> Result<Placement> {
     let placement = device::place(cfg.device, cfg.threads, topology.local_processes())?;
     info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
     check_memory(cfg, train, placement.device)?;
+    Augment::new(cfg, train.rows, train.cols)?;
     Ok(placement)
 }
 

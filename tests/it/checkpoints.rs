@@ -54,21 +54,42 @@ fn start_until(job: &Job, lines: usize) -> Child {
     child
 }
 
-fn uninterrupted() -> Job {
-    let job = Job::small(HP);
+/// [`HP`] with augmentation and label smoothing, whose random choices a resumed run must
+/// draw again exactly.
+const AUGMENTED: &[(&str, &str)] = &[
+    ("epochs", "3"),
+    ("hidden_units", "1024,1024"),
+    ("batch_size", "8"),
+    ("seed", "5"),
+    ("augment_shift", "2"),
+    ("augment_flip", "true"),
+    ("label_smoothing", "0.1"),
+];
+
+fn uninterrupted(hp: &[(&str, &str)]) -> Job {
+    let job = Job::small(hp);
     job.run().ok();
     job
 }
 
 #[test]
 fn sigterm_mid_epoch_then_resume_is_bit_identical() {
-    let reference = uninterrupted();
+    sigterm_mid_epoch_then_resume(HP);
+}
+
+#[test]
+fn an_augmented_run_stopped_mid_epoch_resumes_bit_identical() {
+    sigterm_mid_epoch_then_resume(AUGMENTED);
+}
+
+fn sigterm_mid_epoch_then_resume(hp: &[(&str, &str)]) {
+    let reference = uninterrupted(hp);
     // A stop that lands mid-epoch: the signal goes some time after epoch 1's line, and on a
     // loaded machine that can still be before epoch 2's first step, so wait longer and retry.
     let mut waits = [150, 400, 1000, 2000].into_iter();
     let job = loop {
         let wait = waits.next().expect("no attempt stopped mid-epoch");
-        let job = Job::small(HP);
+        let job = Job::small(hp);
         let mut child = start_until(&job, 1);
         std::thread::sleep(Duration::from_millis(wait));
         let sent = Instant::now();
@@ -100,7 +121,7 @@ fn sigterm_mid_epoch_then_resume_is_bit_identical() {
 
 #[test]
 fn sigkill_after_an_epoch_then_resume_is_bit_identical() {
-    let reference = uninterrupted();
+    let reference = uninterrupted(HP);
     let job = Job::small(HP);
     let mut child = start_until(&job, 2);
     child.kill().unwrap();

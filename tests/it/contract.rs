@@ -16,8 +16,8 @@ fn help_explains_the_contract_and_every_hyperparameter() {
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
-    for (key, _) in smtrain::config::KEYS {
-        assert!(text.contains(key), "--help lacks hyperparameter {key}");
+    for k in smtrain::config::KEYS {
+        assert!(text.contains(k.name), "--help lacks hyperparameter {}", k.name);
     }
 }
 

@@ -124,7 +124,14 @@ fn test_accuracy(job: &Job) -> f64 {
 
 #[test]
 fn two_and_three_ranks_end_identical_and_match_one_process() {
-    let hp = [("epochs", "2"), ("dropout", "0.2"), ("validation_split", "0.1")];
+    let hp = [
+        ("epochs", "2"),
+        ("dropout", "0.2"),
+        ("validation_split", "0.1"),
+        ("augment_shift", "2"),
+        ("augment_flip", "true"),
+        ("label_smoothing", "0.1"),
+    ];
     let single = Job::small(&[hp.as_slice(), &[("threads", "1")]].concat());
     single.run().ok();
     let reference = weights(&single);
@@ -227,7 +234,10 @@ fn hosts_with_other_hyperparameters_refuse_to_train_together() {
 /// checkpoint, and starting both again finishes with the uninterrupted run's exact weights.
 fn stop_on_one_host_then_resume(sharded: bool) {
     // Enough epochs of the small fixture (a few ms each) that the stop lands mid-run.
-    let hp = [("epochs", "100"), ("checkpoint_interval", "0"), ("seed", "7")];
+    // Sharded hosts augment too: each rank draws its rows' moves of the global batch.
+    let plain = [("epochs", "100"), ("checkpoint_interval", "0"), ("seed", "7")];
+    let augmented = [("augment_shift", "2"), ("augment_flip", "true"), ("label_smoothing", "0.1")];
+    let hp = [plain.as_slice(), if sharded { augmented.as_slice() } else { &[] }].concat();
     let start = |port: u16, hosts: &[String], r: usize| {
         let job = rank_job(&hp, port, hosts, r);
         if sharded {

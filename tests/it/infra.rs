@@ -29,7 +29,7 @@ fn parse(map: &BTreeMap<String, String>) -> TrainConfig {
 }
 
 fn assert_accepted_keys<'a>(keys: impl IntoIterator<Item = &'a String>) {
-    let accepted: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    let accepted: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
     for key in keys {
         // Platform keys would be ignored and aliases only tolerated: neither belongs in a template.
         assert!(accepted.contains(&key.as_str()), "{key} is not one of the trainer's keys");

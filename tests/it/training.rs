@@ -59,6 +59,42 @@ fn same_seed_gives_bit_identical_weights() {
     assert_ne!(weights(&a), weights(&c));
 }
 
+/// The notebook's defaults train exactly the weights they trained before augmentation and
+/// label smoothing existed: the golden digest beside `tests/fixtures/golden/default-weights.sh`,
+/// which made it with the earlier binary.
+#[test]
+fn the_defaults_train_the_same_weights_as_before() {
+    use sha2::Digest;
+    let job = Job::small(&[]);
+    job.run().ok();
+    let weights = std::fs::read(job.path("model/model.safetensors")).unwrap();
+    let got = format!("{:x}", sha2::Sha256::digest(&weights));
+    let golden = fixture("../golden/default-weights.sha256");
+    let want = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(got, want.trim(), "the defaults' weights changed (golden: {})", golden.display());
+}
+
+/// Augmentation and label smoothing change what is learnt, and each choice is seeded.
+#[test]
+fn augmentation_and_label_smoothing_train_seeded_models() {
+    let extras = [("augment_shift", "2"), ("augment_flip", "true"), ("label_smoothing", "0.1")];
+    let hp = [&[("epochs", "2")][..], &extras].concat();
+    let (a, b, plain) = (Job::small(&hp), Job::small(&hp), Job::small(&[("epochs", "2")]));
+    for j in [&a, &b, &plain] {
+        let run = j.run().ok();
+        assert!(run.stdout().contains("metrics: test_loss="), "{}", run.stdout());
+    }
+    let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
+    assert_eq!(weights(&a), weights(&b));
+    assert_ne!(weights(&a), weights(&plain));
+    // The card records what the model was trained with.
+    let card = a.json("model/model.json");
+    assert_eq!(card["hyperparameters"]["augment_shift"], 2, "{card}");
+    assert_eq!(card["hyperparameters"]["label_smoothing"], 0.1, "{card}");
+    let acc = a.json("model/metrics.json")["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.6, "test accuracy {acc}");
+}
+
 #[test]
 fn metric_regexes_capture_the_numbers_in_metrics_json() {
     let job = Job::small(&[("epochs", "2"), ("validation_split", "0.2")]);
