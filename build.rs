@@ -32,9 +32,15 @@ fn main() {
         );
     }
     let mut build = cc::Build::new();
-    // A system folder passed with -I would change the system headers' order; gcc finds it anyway.
+    // libtorch's and gloo's headers are included as system headers: their own warnings are not
+    // ours, while the shim's code builds with -Wall -Wextra as errors. (A system folder passed
+    // again would change the system headers' order; gcc searches /usr/include anyway.)
+    let mut headers = vec![root.join("include"), root.join("include/torch/csrc/api/include")];
     if gloo != std::path::Path::new("/usr/include") {
-        build.include(&gloo);
+        headers.push(gloo.clone());
+    }
+    for dir in &headers {
+        build.flag("-isystem").flag(dir.to_str().expect("header folders are UTF-8"));
     }
     build
         .cpp(true)
@@ -42,12 +48,11 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         // Without it ProcessGroupGloo.hpp declares nothing.
         .define("USE_C10D_GLOO", "1")
-        .include(root.join("include"))
-        .include(root.join("include/torch/csrc/api/include"))
         // parallel.cpp's at::parallel_for is an inline `omp parallel` region.
         .flag("-fopenmp")
-        .flag_if_supported("-Wno-unused-parameter")
-        .warnings(false)
+        .warnings(true)
+        .extra_warnings(true)
+        .warnings_into_errors(true)
         .file("src/native/fused.cpp")
         .file("src/native/dist.cpp")
         .file("src/native/parallel.cpp")

@@ -7,7 +7,7 @@
 //! their gradients with one all-reduce per step, so all end with the same weights. The C++ side
 //! is `src/native/dist.cpp`.
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::CString;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,45 +18,7 @@ use tracing::{info, warn};
 
 use crate::contract::ResourceConfig;
 use crate::error::{user, Stopped};
-
-extern "C" {
-    fn smtrain_store_new(
-        host: *const c_char,
-        port: c_int,
-        is_server: c_int,
-        world: c_int,
-        timeout_ms: i64,
-        out: *mut *mut c_void,
-    ) -> *mut c_char;
-    fn smtrain_store_set(
-        store: *mut c_void,
-        key: *const c_char,
-        value: *const c_char,
-    ) -> *mut c_char;
-    fn smtrain_store_check(
-        store: *mut c_void,
-        key: *const c_char,
-        present: *mut c_int,
-    ) -> *mut c_char;
-    fn smtrain_store_free(store: *mut c_void);
-    fn smtrain_group_new(
-        store: *mut c_void,
-        rank: c_int,
-        world: c_int,
-        interface: *const c_char,
-        hostname: *const c_char,
-        timeout_ms: i64,
-        out: *mut *mut c_void,
-    ) -> *mut c_char;
-    fn smtrain_group_allreduce_sum(group: *mut c_void, t: *const c_void) -> *mut c_char;
-    fn smtrain_group_broadcast(group: *mut c_void, t: *const c_void, root: c_int) -> *mut c_char;
-    fn smtrain_group_free(group: *mut c_void);
-}
-
-/// The shim's message (NULL on success) as a `Result`.
-fn check(msg: *mut c_char) -> std::result::Result<(), String> {
-    crate::native::take_message(msg).map_or(Ok(()), Err)
-}
+use crate::native::{ProcessGroup, Store};
 
 fn cstring(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| anyhow!("{s:?} contains a NUL byte"))
@@ -135,25 +97,12 @@ pub fn share(len: usize, rank: usize, world: usize) -> (usize, usize) {
 
 /// This process's membership in the job's process group.
 pub struct Group {
-    store: *mut c_void,
-    group: *mut c_void,
+    // Declared first, so dropped before the store it was made over.
+    pg: ProcessGroup,
+    _store: Store,
     pub topology: Topology,
     /// All-reduces so far and their total time, for the log and the benchmark.
     reduces: std::cell::Cell<(u64, Duration)>,
-}
-
-// SAFETY: the c10d objects behind the handles are used from one thread at a time (the training
-// loop); ProcessGroupGloo itself is thread-safe.
-unsafe impl Send for Group {}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // SAFETY: both handles came from the shim and are freed once.
-        unsafe {
-            smtrain_group_free(self.group);
-            smtrain_store_free(self.store);
-        }
-    }
 }
 
 /// How long one attempt to reach the master waits before we log and try again.
@@ -176,33 +125,15 @@ impl Group {
         );
         resolve_master(topology, deadline, stop)?;
         let store = open_store(topology, deadline, stop)?;
-        let mut this = Self {
-            store,
-            group: std::ptr::null_mut(),
-            topology: topology.clone(),
-            reduces: Default::default(),
-        };
-        this.register(deadline, stop)?;
+        register(&store, topology, deadline, stop)?;
         let iface = cstring(topology.interface.as_deref().unwrap_or(""))?;
         let host = cstring(topology.host())?;
-        let mut group = std::ptr::null_mut();
         // Gloo's own limit for every later exchange; a peer that dies closes its connections,
         // which fails an exchange at once, so this only bounds a peer that hangs.
-        let ms = timeout.as_millis() as i64;
-        // SAFETY: the store handle is live; out receives a new handle on success.
-        check(unsafe {
-            smtrain_group_new(
-                this.store,
-                topology.rank as c_int,
-                world as c_int,
-                iface.as_ptr(),
-                host.as_ptr(),
-                ms,
-                &mut group,
-            )
-        })
-        .map_err(|e| anyhow!("setting up Gloo between {:?}: {e}", topology.hosts))?;
-        this.group = group;
+        let pg = ProcessGroup::new(&store, (topology.rank, world), &iface, &host, timeout)
+            .map_err(|e| anyhow!("setting up Gloo between {:?}: {e}", topology.hosts))?;
+        let this =
+            Self { pg, _store: store, topology: topology.clone(), reduces: Default::default() };
         info!(
             rank = topology.rank,
             world,
@@ -220,52 +151,6 @@ impl Group {
         self.topology.world()
     }
 
-    /// Announces this host in the store and waits for every other host to do the same.
-    fn register(&mut self, deadline: Instant, stop: &AtomicBool) -> Result<()> {
-        let t = &self.topology;
-        let key = cstring(&format!("host/{}", t.rank))?;
-        let value = cstring(t.host())?;
-        // SAFETY: the store handle is live.
-        check(unsafe { smtrain_store_set(self.store, key.as_ptr(), value.as_ptr()) })
-            .map_err(|e| anyhow!("registering with the master {}: {e}", t.master()))?;
-        let mut last_log = Instant::now();
-        loop {
-            let mut missing = Vec::new();
-            for rank in 0..t.world() {
-                let key = cstring(&format!("host/{rank}"))?;
-                let mut present: c_int = 0;
-                // SAFETY: the store handle is live.
-                check(unsafe { smtrain_store_check(self.store, key.as_ptr(), &mut present) })
-                    .map_err(|e| anyhow!("asking the master {} who joined: {e}", t.master()))?;
-                if present == 0 {
-                    missing.push(t.describe(rank));
-                }
-            }
-            if missing.is_empty() {
-                return Ok(());
-            }
-            if stop.load(Ordering::Relaxed) {
-                return Err(Stopped(" while waiting for the other hosts".into()).into());
-            }
-            if Instant::now() >= deadline {
-                return Err(user(format!(
-                    "host {} did not join within the distributed_timeout ({} of {} hosts \
-                     missing; check that every host runs this job and can reach {}:{})",
-                    missing.join(", "),
-                    missing.len(),
-                    t.world(),
-                    t.master(),
-                    t.port
-                )));
-            }
-            if last_log.elapsed() >= ATTEMPT {
-                info!(missing = %missing.join(", "), "waiting for hosts to join");
-                last_log = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     fn failed(&self, op: &str, e: String) -> anyhow::Error {
         anyhow!(
             "{op} across hosts {:?} failed on {}: {} (another host probably stopped or \
@@ -280,9 +165,7 @@ impl Group {
     /// ends with the same bits.
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
         let start = Instant::now();
-        // SAFETY: the group handle and the tensor are live for the call.
-        check(unsafe { smtrain_group_allreduce_sum(self.group, t.as_ptr() as *const c_void) })
-            .map_err(|e| self.failed("all-reduce", e))?;
+        self.pg.all_reduce_sum(t).map_err(|e| self.failed("all-reduce", e))?;
         let (n, total) = self.reduces.get();
         self.reduces.set((n + 1, total + start.elapsed()));
         Ok(())
@@ -297,11 +180,7 @@ impl Group {
 
     /// Overwrites `t` on every rank with rank `root`'s `t`.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
-        // SAFETY: the group handle and the tensor are live for the call.
-        check(unsafe {
-            smtrain_group_broadcast(self.group, t.as_ptr() as *const c_void, root as c_int)
-        })
-        .map_err(|e| self.failed("broadcast", e))
+        self.pg.broadcast(t, root).map_err(|e| self.failed("broadcast", e))
     }
 
     /// Rank 0's `bytes` on every rank (what the others pass is ignored).
@@ -381,8 +260,52 @@ fn resolve_master(t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<
     }
 }
 
+/// Announces this host in the store and waits for every other host to do the same.
+fn register(store: &Store, t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<()> {
+    let key = cstring(&format!("host/{}", t.rank))?;
+    let value = cstring(t.host())?;
+    store
+        .set(&key, &value)
+        .map_err(|e| anyhow!("registering with the master {}: {e}", t.master()))?;
+    let mut last_log = Instant::now();
+    loop {
+        let mut missing = Vec::new();
+        for rank in 0..t.world() {
+            let key = cstring(&format!("host/{rank}"))?;
+            let present = store
+                .contains(&key)
+                .map_err(|e| anyhow!("asking the master {} who joined: {e}", t.master()))?;
+            if !present {
+                missing.push(t.describe(rank));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(Stopped(" while waiting for the other hosts".into()).into());
+        }
+        if Instant::now() >= deadline {
+            return Err(user(format!(
+                "host {} did not join within the distributed_timeout ({} of {} hosts \
+                     missing; check that every host runs this job and can reach {}:{})",
+                missing.join(", "),
+                missing.len(),
+                t.world(),
+                t.master(),
+                t.port
+            )));
+        }
+        if last_log.elapsed() >= ATTEMPT {
+            info!(missing = %missing.join(", "), "waiting for hosts to join");
+            last_log = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Rank 0 opens the store; the others connect to it, retrying until the deadline.
-fn open_store(t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<*mut c_void> {
+fn open_store(t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<Store> {
     let host = cstring(t.master())?;
     let server = t.rank == 0;
     let mut attempts = 0;
@@ -391,20 +314,9 @@ fn open_store(t: &Topology, deadline: Instant, stop: &AtomicBool) -> Result<*mut
         let left = deadline.saturating_duration_since(Instant::now());
         let wait =
             if server { left.max(ATTEMPT) } else { ATTEMPT.min(left).max(Duration::from_secs(1)) };
-        let mut store = std::ptr::null_mut();
-        // SAFETY: out receives a new handle on success.
-        let result = check(unsafe {
-            smtrain_store_new(
-                host.as_ptr(),
-                t.port as c_int,
-                server as c_int,
-                t.world() as c_int,
-                wait.as_millis() as i64,
-                &mut store,
-            )
-        });
+        let result = Store::new(&host, t.port, server, t.world(), wait);
         match result {
-            Ok(()) => return Ok(store),
+            Ok(store) => return Ok(store),
             Err(e) if server => {
                 bail!("{}: cannot listen on port {} as the master: {e}", t.host(), t.port)
             }

@@ -7,6 +7,8 @@
 // types are only held through shared_ptr, so the gloo headers need not match libtorch's gloo
 // build exactly.
 
+#include "shim.h"
+
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -14,9 +16,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <string>
 #include <vector>
 
@@ -29,14 +28,6 @@ struct Store {
 struct Group {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
 };
-
-char* fail(const std::exception& e) {
-  // c10 errors carry a C++ backtrace after the first line; the first line is the message.
-  std::string msg = e.what();
-  auto nl = msg.find('\n');
-  if (nl != std::string::npos) msg.resize(nl);
-  return strdup(msg.c_str());
-}
 
 }  // namespace
 
@@ -56,9 +47,8 @@ char* smtrain_store_new(const char* host, int port, int is_server, int world, in
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>("smtrain", tcp);
     *out = new Store{prefixed};
     return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
   }
+  SMTRAIN_CATCH
 }
 
 char* smtrain_store_set(void* store, const char* key, const char* value) {
@@ -66,18 +56,16 @@ char* smtrain_store_set(void* store, const char* key, const char* value) {
     std::string v(value);
     static_cast<Store*>(store)->store->set(key, std::vector<uint8_t>(v.begin(), v.end()));
     return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
   }
+  SMTRAIN_CATCH
 }
 
 char* smtrain_store_check(void* store, const char* key, int* present) {
   try {
     *present = static_cast<Store*>(store)->store->check({std::string(key)}) ? 1 : 0;
     return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
   }
+  SMTRAIN_CATCH
 }
 
 void smtrain_store_free(void* store) { delete static_cast<Store*>(store); }
@@ -97,9 +85,8 @@ char* smtrain_group_new(void* store, int rank, int world, const char* interface,
                                                           world, opts);
     *out = new Group{pg};
     return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
   }
+  SMTRAIN_CATCH
 }
 
 char* smtrain_group_allreduce_sum(void* group, at::Tensor* t) {
@@ -109,9 +96,8 @@ char* smtrain_group_allreduce_sum(void* group, at::Tensor* t) {
     opts.reduceOp = c10d::ReduceOp::SUM;
     static_cast<Group*>(group)->pg->allreduce(ts, opts)->wait();
     return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
   }
+  SMTRAIN_CATCH
 }
 
 char* smtrain_group_broadcast(void* group, at::Tensor* t, int root) {
@@ -121,9 +107,8 @@ char* smtrain_group_broadcast(void* group, at::Tensor* t, int root) {
     opts.rootRank = root;
     static_cast<Group*>(group)->pg->broadcast(ts, opts)->wait();
     return nullptr;
-  } catch (const std::exception& e) {
-    return fail(e);
   }
+  SMTRAIN_CATCH
 }
 
 void smtrain_group_free(void* group) { delete static_cast<Group*>(group); }

@@ -5,13 +5,12 @@
 // Tensors arrive as tch's handles, which are `at::Tensor*`. Errors come back as a malloc'd
 // message (the caller frees it), never as a C++ exception across the FFI boundary.
 
+#include "shim.h"
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 
 extern "C" char* smtrain_fused_adam(at::Tensor* params, at::Tensor* grads, at::Tensor* exp_avg,
                                     at::Tensor* exp_avg_sq, at::Tensor* step, double lr,
@@ -27,7 +26,6 @@ extern "C" char* smtrain_fused_adam(at::Tensor* params, at::Tensor* grads, at::T
                        beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
     }
     return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
   }
+  SMTRAIN_CATCH
 }

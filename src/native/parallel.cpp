@@ -7,19 +7,17 @@
 // The body is a Rust `extern "C"` function: it cannot unwind (a panic aborts), so the only
 // exceptions are libtorch's own, returned as a malloc'd message the caller frees.
 
+#include "shim.h"
+
 #include <ATen/Parallel.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 
 extern "C" char* smtrain_parallel_for(int64_t n, int64_t grain,
                                       void (*body)(void*, int64_t, int64_t), void* ctx) {
   try {
     at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { body(ctx, begin, end); });
     return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
   }
+  SMTRAIN_CATCH
 }
