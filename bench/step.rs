@@ -8,8 +8,9 @@ use smtrain::config::TrainConfig;
 use smtrain::data::load_pair;
 use smtrain::model::{self, dense_views, Mlp};
 use smtrain::optim::Optimizer;
+use smtrain::state::{DeviceData, TrainState};
 use smtrain::step::{HostStep, Step};
-use smtrain::train::{epoch_order, DeviceData, TrainState};
+use smtrain::train::epoch_order;
 use tch::{Device, Kind, Tensor};
 
 fn cpu_seconds() -> f64 {

@@ -31,7 +31,7 @@ use crate::error::user;
 use crate::metrics::EpochMetrics;
 use crate::model::{self, Mlp};
 use crate::optim::Optimizer;
-use crate::train::{Best, EarlyStop, EpochStats, Score, TrainState};
+use crate::state::{Best, EarlyStop, EpochStats, Score, TrainState};
 
 pub const FORMAT_VERSION: u32 = 1;
 const PREFIX: &str = "checkpoint-";
@@ -475,8 +475,8 @@ fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::DeviceData;
     use crate::train::tests::toy;
-    use crate::train::DeviceData;
 
     /// A stop that lands as an epoch begins (its order drawn, no step taken) must still give a
     /// checkpoint that loads: a Docker test once caught exactly this.

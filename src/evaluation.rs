@@ -215,7 +215,8 @@ impl Evaluation {
 mod tests {
     use super::*;
     use crate::config::TrainConfig;
-    use crate::train::{self, tests::toy, DeviceData};
+    use crate::state::DeviceData;
+    use crate::train::{self, tests::toy};
     use std::sync::atomic::AtomicBool;
 
     fn names(k: usize) -> Vec<String> {

@@ -16,6 +16,7 @@
 //! | [`augment`]   | training images shifted and mirrored per (seed, epoch, step)          |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
 //! | [`native`]    | the C++ shim: what tch does not bind (fused Adam, libtorch's thread pool); c10d in `native/dist.cpp` |
+//! | [`state`]     | what training carries: device-resident data, the checkpointed state  |
 //! | [`step`]      | one optimizer step: libtorch ops on any device, or the CPU fast path |
 //! | [`kernels`]   | the fast path's Rust loops (small layers, softmax-CE, ReLU, Adam) |
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
@@ -63,5 +64,6 @@ pub mod predict;
 pub mod report;
 pub mod s3;
 pub mod serve;
+pub mod state;
 pub mod step;
 pub mod train;

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::train::{EarlyStop, Score};
+use crate::state::{EarlyStop, Score};
 
 /// Every metric name the trainer prints.
 pub const METRIC_NAMES: &[&str] = &[

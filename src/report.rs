@@ -16,7 +16,8 @@ use crate::evaluation::{self, Evaluation};
 use crate::metrics::Metrics;
 use crate::model::Mlp;
 use crate::plots;
-use crate::train::{self, DeviceData, Score};
+use crate::state::{DeviceData, Score};
+use crate::train;
 
 pub const EVALUATION_FILE: &str = "evaluation.json";
 pub const PREDICTIONS_PNG: &str = "predictions.png";

@@ -20,7 +20,7 @@ use crate::config::TrainConfig;
 use crate::distributed::{self, Group};
 use crate::kernels;
 use crate::model::{self, dense_views, Dense};
-use crate::train::{DeviceData, TrainState};
+use crate::state::{DeviceData, TrainState};
 
 /// A mutable view of a CPU tensor's elements.
 ///

@@ -10,7 +10,8 @@ use tracing::info;
 use crate::checkpoint::Checkpointer;
 use crate::config::TrainConfig;
 use crate::metrics::{self, EpochMetrics};
-use crate::train::{EpochStats, Hooks, TrainState};
+use crate::state::{EpochStats, TrainState};
+use crate::train::Hooks;
 
 /// What the job does around the pure training loop: metric lines, logs and checkpoints.
 pub(super) struct JobHooks<'a> {

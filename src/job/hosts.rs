@@ -13,7 +13,7 @@ use crate::distributed::{Group, Layout, Topology};
 use crate::error::user;
 use crate::metrics::EpochMetrics;
 use crate::model::Mlp;
-use crate::train::TrainState;
+use crate::state::TrainState;
 
 /// Whether a multi-host job's train channel is sharded (ShardedByS3Key: each host its own
 /// part). Validation and test data must be the same on every host: every host scores the

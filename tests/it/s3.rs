@@ -15,7 +15,8 @@ use smtrain::data::load_pair;
 use smtrain::s3::download::{download_channels, ChannelDownload};
 use smtrain::s3::upload::upload_file;
 use smtrain::s3::{S3Uri, TransferOptions};
-use smtrain::train::{evaluate, DeviceData};
+use smtrain::state::DeviceData;
+use smtrain::train::evaluate;
 use tch::Device;
 
 use crate::util::{fixture, Job, Run, Started};

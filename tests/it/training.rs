@@ -2,7 +2,8 @@
 
 use smtrain::artifacts::load_model_dir;
 use smtrain::data::load_channel;
-use smtrain::train::{evaluate, DeviceData};
+use smtrain::state::DeviceData;
+use smtrain::train::evaluate;
 use tch::Device;
 
 use crate::util::{fixture, Job};
