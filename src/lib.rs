@@ -18,6 +18,7 @@
 //! | [`native`]    | the C++ shim: what tch does not bind (fused Adam, libtorch's thread pool); c10d in `native/dist.cpp` |
 //! | [`state`]     | what training carries: device-resident data, the checkpointed state  |
 //! | [`step`]      | one optimizer step: libtorch ops on any device, or the CPU fast path |
+//! | [`host`]      | borrow-checked slices over CPU tensors, for the fast path            |
 //! | [`kernels`]   | the fast path's Rust loops (small layers, softmax-CE, ReLU, Adam) |
 //! | [`train`]     | the epoch loop and evaluation: pure functions of tensors and config  |
 //! | [`checkpoint`]| resumable training state on disk, checked before it is trusted       |
@@ -52,6 +53,7 @@ pub mod distributed;
 pub mod error;
 pub mod evaluation;
 pub mod files;
+pub mod host;
 pub mod inflate;
 pub mod job;
 pub mod kernels;

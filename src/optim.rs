@@ -103,10 +103,10 @@ impl Optimizer {
     /// range split between libtorch's threads: ATen's fused CPU kernel measured several times
     /// slower here (bench/step.rs).
     ///
-    /// # Safety
-    /// `params` and `grads` must be distinct buffers of the same length, with nothing else
-    /// referencing either meanwhile; the optimizer's state must live on the CPU.
-    pub unsafe fn step_host(
+    /// # Panics
+    /// If `params`, `grads` and the optimizer's state differ in length, or the state is not on
+    /// the CPU: the caller's bug.
+    pub fn step_host(
         &mut self,
         params_tensor: &Tensor,
         params: &mut [f32],
@@ -131,20 +131,23 @@ impl Optimizer {
             decay: decay as f32,
             step: self.steps,
         };
+        let n = params.len();
+        assert_eq!(grads.len(), n, "Adam: gradients and parameters differ in length");
         let (first, second) = self.host_state.get_or_insert_with(|| {
             for t in [&self.first, &self.second] {
                 assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
+                assert_eq!(t.numel(), n, "Adam: state and parameters differ in length");
             }
             (self.first.data_ptr() as *mut f32, self.second.data_ptr() as *mut f32)
         });
-        let n = params.len();
         let bufs = AdamBuffers { p: params.as_mut_ptr(), g: grads.as_ptr(), m: *first, v: *second };
         // Each thread updates its own whole cache lines; the arithmetic is elementwise, so how
         // the buffer is split changes no bit of the result.
         native::parallel_for(n.div_ceil(LINE), ADAM_GRAIN / LINE, |begin, end| {
             let (lo, hi) = (begin * LINE, (end * LINE).min(n));
-            // SAFETY: the ranges are disjoint and within the `n` elements of each buffer, which
-            // the caller guarantees nothing else touches meanwhile.
+            // SAFETY: the ranges are disjoint and within the `n` elements of each buffer (checked
+            // above); `params` and `grads` are borrowed for the call, and the moments belong to
+            // `self`, which is borrowed mutably.
             let (p, g, m, v) = unsafe { bufs.range(lo, hi) };
             adam.update(p, g, m, v);
         })
@@ -263,8 +266,7 @@ mod tests {
             let mut opt = Optimizer::new(&cfg, n, Device::Cpu);
             for step in 1..=3 {
                 let t = Tensor::from_slice(&p);
-                // SAFETY: `p` and `g` are distinct and nothing else uses them meanwhile.
-                unsafe { opt.step_host(&t, &mut p, &g, 0.01).unwrap() };
+                opt.step_host(&t, &mut p, &g, 0.01).unwrap();
                 let adam = kernels::Adam {
                     lr: 0.01,
                     beta1: cfg.beta1 as f32,
