@@ -161,7 +161,10 @@ pub fn read_idx(path: &Path) -> Result<IdxFile> {
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
     if n == 2 && magic == GZIP_MAGIC {
         // The whole compressed file: its size is real, whatever its contents claim.
-        if let Some(map) = inflate::MappedFile::new(&file) {
+        // SAFETY: SageMaker writes a channel's files before the job starts and nothing
+        // truncates them while it runs; if something did, the SIGBUS would end the job (no
+        // failure file: the one caveat of reading the page cache in place, ~11 ms faster).
+        if let Some(map) = unsafe { inflate::MappedFile::new(&file) } {
             return read_gzip(path, &map);
         }
         let size = file.metadata().map_or(0, |m| m.len() as usize);
