@@ -6,7 +6,7 @@
 //! |---------------|----------------------------------------------------------------------|
 //! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
 //! | [`files`]     | reading input files: regular files only, never more than they can hold |
-//! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`]           |
+//! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`], from one table of keys |
 //! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
 //! | [`inflate`]   | gzip in one go with libdeflate: `data`'s fast path                   |
 //! | [`budget`]    | the memory a configuration needs, checked against what the host has   |

@@ -234,6 +234,30 @@ struct Piece {
 
 async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> Result<Transferred> {
     let started = Instant::now();
+    let progress = Arc::new(Progress::default());
+    let tasks = spawn_pieces(s3, plan, staging, &progress)?;
+    await_pieces(tasks, plan, &progress, started, stop).await?;
+    // A signal that came after the last tick still stops the job before training.
+    if stop.load(Ordering::Relaxed) {
+        return Err(
+            Stopped(" while downloading channels from S3; nothing was trained".into()).into()
+        );
+    }
+    Ok(Transferred {
+        objects: plan.objects.len(),
+        bytes: progress.bytes.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Creates the plan's folders and empty files, and starts one task per piece (a whole object,
+/// or a part of a large one), at most `concurrency` of them transferring at once.
+fn spawn_pieces(
+    s3: &S3,
+    plan: &Plan,
+    staging: &Path,
+    progress: &Arc<Progress>,
+) -> Result<JoinSet<Result<()>>> {
     let opts = s3.opts;
     let dirs: BTreeSet<PathBuf> = plan
         .objects
@@ -243,7 +267,6 @@ async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> R
     for d in &dirs {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let progress = Arc::new(Progress::default());
     let permits = Arc::new(Semaphore::new(opts.concurrency));
     let mut tasks = JoinSet::new();
     for o in &plan.objects {
@@ -281,7 +304,18 @@ async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> R
             });
         }
     }
+    Ok(tasks)
+}
 
+/// Waits for every piece, logging progress every two seconds; the first failure, or a stop,
+/// cancels the rest.
+async fn await_pieces(
+    mut tasks: JoinSet<Result<()>>,
+    plan: &Plan,
+    progress: &Progress,
+    started: Instant,
+    stop: &AtomicBool,
+) -> Result<()> {
     let total_objects = plan.objects.len();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut last_log = Instant::now();
@@ -289,7 +323,7 @@ async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> R
     loop {
         tokio::select! {
             next = tasks.join_next() => match next {
-                None => break,
+                None => return Ok(()),
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(e))) => {
                     tasks.shutdown().await;
@@ -320,17 +354,6 @@ async fn fetch_all(s3: &S3, plan: &Plan, staging: &Path, stop: &AtomicBool) -> R
             }
         }
     }
-    // A signal that came after the last tick still stops the job before training.
-    if stop.load(Ordering::Relaxed) {
-        return Err(
-            Stopped(" while downloading channels from S3; nothing was trained".into()).into()
-        );
-    }
-    Ok(Transferred {
-        objects: total_objects,
-        bytes: progress.bytes.load(Ordering::Relaxed),
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }
 
 /// A body that breaks after the GET succeeded is not retried by the SDK; the rest of the
