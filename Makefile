@@ -27,7 +27,7 @@ GLOO_STAMP := /usr/include/gloo/context.h
 RUN_DIR ?= $(CURDIR)/.run
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup build train test test-rust lint fmt clean
+.PHONY: help setup build train train-recipe test test-rust lint fmt clean
 
 # Fragments for the image, the S3 test server and infra add their own targets. Each may add
 # prerequisites of the Rust tests (TEST_RUST_PREREQS: things the tests use, such as a server
@@ -38,6 +38,7 @@ TEST_TARGETS :=
 
 help:
 	@echo "make train   set up, build, and train on the real Fashion-MNIST (artifacts in .run/model)"
+	@echo "make train-recipe  the same with the dense recipe of docs/recipe.md (.run-recipe/model)"
 	@echo "make test    set up, build, and run every test"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
 	@echo "make build   release build of the train binary"
@@ -70,6 +71,16 @@ train: build
 	rm -rf "$(RUN_DIR)/model" "$(RUN_DIR)/output"
 	$(BIN) train --base-dir "$(RUN_DIR)"
 	@echo "model: $(RUN_DIR)/model"
+
+# The dense recipe (docs/recipe.md, infra/recipe-hyperparameters.json) on the real Fashion-MNIST,
+# in its own /opt/ml tree so that `make train` keeps the notebook's defaults.
+RECIPE_DIR ?= $(CURDIR)/.run-recipe
+train-recipe: build
+	rm -rf "$(RECIPE_DIR)/model" "$(RECIPE_DIR)/output"
+	mkdir -p "$(RECIPE_DIR)/input/config"
+	cp infra/recipe-hyperparameters.json "$(RECIPE_DIR)/input/config/hyperparameters.json"
+	$(BIN) train --base-dir "$(RECIPE_DIR)"
+	@echo "model: $(RECIPE_DIR)/model"
 
 # Tests pin libtorch to one thread: two threads on a busy two-core machine run many times slower.
 test: test-rust $(TEST_TARGETS)

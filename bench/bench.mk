@@ -96,3 +96,17 @@ bench-serve: build $(TORCH_STAMP) $(SERVE_STAMP) $(WRK) \
 
 # The measuring build for the GPU machine and its script (docs/gpu.md).
 include bench/gpu.mk
+
+# `make quality`: test accuracy of the notebook's defaults, the dense recipe
+# (infra/recipe-hyperparameters.json) and the recipe without each ingredient, with the time per
+# run (bench/quality.py; docs/recipe.md has the results and the command). The recipe and the
+# defaults run with QUALITY_SEEDS, the rows without an ingredient with QUALITY_ABLATION_SEEDS.
+# QUALITY_ARGS=--validation reports the validation accuracy the recipe was chosen on instead.
+# Heavy (an hour and more on two cores): run it alone.
+.PHONY: quality
+QUALITY_SEEDS ?= 1,2,3
+QUALITY_ABLATION_SEEDS ?= $(QUALITY_SEEDS)
+QUALITY_ARGS ?=
+quality: build
+	$(PYTHON) bench/quality.py --bin "$(BIN)" --seeds $(QUALITY_SEEDS) \
+	  --ablation-seeds $(QUALITY_ABLATION_SEEDS) --threads $(BENCH_THREADS) $(QUALITY_ARGS)

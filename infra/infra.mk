@@ -4,7 +4,8 @@
 #
 # Settings (command line or environment): STACK, IMAGE_TAG (cpu or cuda: the variant submit and
 # tune run), INSTANCE_TYPE, JOB_NAME, TUNING_JOB_NAME, MAX_JOBS, MAX_PARALLEL_JOBS,
-# WARM_START_PARENT, POLL_SECONDS, and BUCKET, ROLE_ARN, REPOSITORY_URI (default: the stack's
+# WARM_START_PARENT, POLL_SECONDS, HYPERPARAMETERS (submit: a JSON file of hyperparameters, e.g.
+# infra/recipe-hyperparameters.json), and BUCKET, ROLE_ARN, REPOSITORY_URI (default: the stack's
 # outputs); for hosting ENDPOINT_NAME, ENDPOINT_INSTANCE_TYPE, INVOKE_INDEX, INVOKE_FORMAT,
 # TRANSFORM_JOB_NAME, TRANSFORM_INSTANCE_TYPE, TRANSFORM_IMAGES. AWS and DOCKER name the commands
 # used. See the top of infra/sagemaker.sh.

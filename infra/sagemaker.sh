@@ -58,6 +58,9 @@ INVOKE_FORMAT=${INVOKE_FORMAT:-csv}
 TRANSFORM_IMAGES=${TRANSFORM_IMAGES:-10000}
 # Where each sent request is kept, for the record.
 REQUEST_DIR=${REQUEST_DIR:-.run/infra}
+# submit: a JSON file of hyperparameters (an object of strings) to send instead of the
+# template's, e.g. infra/recipe-hyperparameters.json.
+HYPERPARAMETERS=${HYPERPARAMETERS:-}
 
 die() { echo "sagemaker.sh: $*" >&2; exit 1; }
 
@@ -127,7 +130,23 @@ training_request() {
   resolve BUCKET ROLE_ARN IMAGE_URI
   "$PYTHON" "$INFRA/render.py" "$INFRA/training-job.json" \
     "JOB_NAME=$JOB_NAME" "ROLE_ARN=$ROLE_ARN" "IMAGE_URI=$IMAGE_URI" "BUCKET=$BUCKET" \
-    "INSTANCE_TYPE=$(instance_type)"
+    "INSTANCE_TYPE=$(instance_type)" | with_hyperparameters
+}
+
+# The request on stdin, with $HYPERPARAMETERS' object in place of its HyperParameters.
+with_hyperparameters() {
+  [[ -n $HYPERPARAMETERS ]] || { cat; return; }
+  [[ -f $HYPERPARAMETERS ]] || die "HYPERPARAMETERS=$HYPERPARAMETERS: no such file"
+  "$PYTHON" -c '
+import json, sys
+path = sys.argv[1]
+hp = json.load(open(path))
+if not isinstance(hp, dict) or not all(isinstance(v, str) for v in hp.values()):
+    sys.exit(f"HYPERPARAMETERS={path}: not a JSON object of strings")
+request = json.load(sys.stdin)
+request["HyperParameters"] = hp
+json.dump(request, sys.stdout, indent=2)
+print()' "$HYPERPARAMETERS"
 }
 
 tuning_request() {

@@ -11,6 +11,7 @@ import render
 import sagemaker_model
 
 TRAINING = "CreateTrainingJob"
+RECIPE = INFRA / "recipe-hyperparameters.json"
 TUNING = "CreateHyperParameterTuningJob"
 
 
@@ -18,6 +19,7 @@ def variants():
     """Every shape of request the make targets can send."""
     yield "training cpu", TRAINING, rendered("training")
     yield "training cuda", TRAINING, rendered("training", IMAGE_TAG="cuda")
+    yield "training, the recipe", TRAINING, rendered("training", HYPERPARAMETERS=str(RECIPE))
     yield "tuning", TUNING, rendered("tuning")
     yield "tuning, warm start", TUNING, rendered("tuning", WARM_START_PARENT="smtrain-earlier")
     yield "tuning cuda", TUNING, rendered("tuning", IMAGE_TAG="cuda-0123456789ab")
@@ -132,15 +134,18 @@ class WhatTheJobsNeed(unittest.TestCase):
         self.assertNotIn("validation", channels)
         self.assertGreater(float(job["StaticHyperParameters"]["validation_split"]), 0)
 
-    def test_the_tuning_ranges_cover_the_four_hyperparameters(self):
+    def test_the_tuning_ranges_cover_the_recipes_hyperparameters(self):
         config = rendered("tuning")["HyperParameterTuningJobConfig"]
         ranges = config["ParameterRanges"]
         by_name = {r["Name"]: kind for kind, rs in ranges.items() for r in rs}
         self.assertEqual(by_name, {
             "learning_rate": "ContinuousParameterRanges",
             "dropout": "ContinuousParameterRanges",
+            "label_smoothing": "ContinuousParameterRanges",
             "batch_size": "IntegerParameterRanges",
+            "augment_shift": "IntegerParameterRanges",
             "hidden_units": "CategoricalParameterRanges",
+            "augment_flip": "CategoricalParameterRanges",
         })
         for kind in ("ContinuousParameterRanges", "IntegerParameterRanges"):
             for r in ranges[kind]:
@@ -153,6 +158,27 @@ class WhatTheJobsNeed(unittest.TestCase):
         self.assertEqual(set(static) & set(by_name), set(), "a tuned key may not be static too")
         limits = config["ResourceLimits"]
         self.assertLessEqual(limits["MaxParallelTrainingJobs"], limits["MaxNumberOfTrainingJobs"])
+
+    def test_submit_sends_a_hyperparameters_file_in_place_of_the_templates(self):
+        # One job name for both: the default is the time.
+        request = rendered("training", JOB_NAME="smtrain-recipe", HYPERPARAMETERS=str(RECIPE))
+        self.assertEqual(request["HyperParameters"], json.loads(RECIPE.read_text()))
+        plain = rendered("training", JOB_NAME="smtrain-recipe")
+        del request["HyperParameters"], plain["HyperParameters"]
+        self.assertEqual(request, plain)
+
+    def test_a_hyperparameters_file_must_be_an_object_of_strings(self):
+        import subprocess
+        import tempfile
+        from common import ROOT, script_env
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump({"epochs": 40}, f)
+            f.flush()
+            out = subprocess.run([str(INFRA / "sagemaker.sh"), "training-request"],
+                                 cwd=ROOT, env=script_env(HYPERPARAMETERS=f.name),
+                                 capture_output=True, text=True)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("not a JSON object of strings", out.stderr)
 
     def test_warm_start_is_there_only_when_asked_for(self):
         self.assertNotIn("WarmStartConfig", rendered("tuning"))

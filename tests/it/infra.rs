@@ -91,3 +91,39 @@ fn tuning_job_static_values_and_every_range_end_parse() {
         }
     }
 }
+
+/// The recipe (docs/recipe.md) is accepted, and the tuning job searches around it: each of its
+/// values is either inside that key's range or the job's static value.
+#[test]
+fn the_recipe_parses_and_lies_inside_the_tuning_space() {
+    let recipe = strings(&template("recipe-hyperparameters.json"));
+    assert_accepted_keys(recipe.keys());
+    let cfg = parse(&recipe);
+    assert!(cfg.augment_shift > 0 && cfg.augment_flip && cfg.label_smoothing > 0.0, "{cfg:?}");
+
+    let tpl = template("tuning-job.json");
+    let fixed = strings(&tpl["TrainingJobDefinition"]["StaticHyperParameters"]);
+    let ranges = &tpl["HyperParameterTuningJobConfig"]["ParameterRanges"];
+    let range = |kind: &str, key: &str| {
+        ranges[kind].as_array().into_iter().flatten().find(|r| r["Name"] == key).cloned()
+    };
+    for (key, value) in &recipe {
+        let numeric = ["ContinuousParameterRanges", "IntegerParameterRanges"]
+            .iter()
+            .find_map(|kind| range(kind, key));
+        if let Some(r) = numeric {
+            let bound = |end: &str| r[end].as_str().unwrap().parse::<f64>().unwrap();
+            let v: f64 = value.parse().unwrap();
+            assert!(bound("MinValue") <= v && v <= bound("MaxValue"), "{key}={value} outside {r}");
+        } else if let Some(r) = range("CategoricalParameterRanges", key) {
+            let values: Vec<&str> =
+                r["Values"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            assert!(values.contains(&value.as_str()), "{key}={value} not among {values:?}");
+        } else {
+            assert_eq!(fixed.get(key), Some(value), "{key}: neither tuned nor the static value");
+        }
+    }
+    // What the tuning job adds on top: a validation hold-out and a seed, nothing else.
+    let extra: Vec<&String> = fixed.keys().filter(|k| !recipe.contains_key(*k)).collect();
+    assert_eq!(extra, ["seed", "validation_split"]);
+}
