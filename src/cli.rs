@@ -149,7 +149,19 @@ HYPERPARAMETERS:
 ",
     );
     for k in KEYS {
-        s.push_str(&format!("  {:<24} {}\n", k.name, k.describe()));
+        s.push_str(&format!("  {:<24}", k.name));
+        // Wrapped here, indented under the description: clap would wrap at the margin.
+        let mut width = 0;
+        for word in k.describe().split(' ') {
+            if width > 0 && width + 1 + word.len() > 70 {
+                s.push_str("\n                          ");
+                width = 0;
+            }
+            s.push(' ');
+            s.push_str(word);
+            width += 1 + word.len();
+        }
+        s.push('\n');
     }
     s.push_str(
         "
