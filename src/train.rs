@@ -2,8 +2,8 @@
 //!
 //! No files, no clock, no logging of results: the caller sees each finished epoch through a
 //! callback and decides what to print or save. Everything random (initial weights, shuffle
-//! order, dropout masks) comes from generators seeded by (seed, epoch, step), so the same seed
-//! and data give bit-identical weights on the CPU.
+//! order, dropout masks, augmentation) comes from generators seeded by (seed, epoch, step), so
+//! the same seed and data give bit-identical weights on the CPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
