@@ -231,7 +231,7 @@ class HostingData(unittest.TestCase):
 
     def test_the_classes_are_the_trainers(self):
         # The labels printed beside an answer must mean what the model's class_names say.
-        config = (ROOT / "src/config.rs").read_text()
+        config = (ROOT / "src/config/mod.rs").read_text()
         for name in hosting_data.CLASS_NAMES:
             self.assertIn(json.dumps(name), config)
 
