@@ -70,7 +70,7 @@ def run_one(binary, hp, seed, threads, validation):
     last = metrics["epochs"][-1]
     return {
         "test_accuracy": metrics["test"]["accuracy"],
-        "validation_accuracy": (last.get("validation") or {}).get("accuracy"),
+        "validation_accuracy": last.get("validation_accuracy"),
         "seconds": seconds,
     }
 
