@@ -399,3 +399,40 @@ impl HostStep<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tests::toy;
+    use tch::Device;
+
+    /// With augmentation on, each row of a loaded batch is its own sample's image, moved, beside
+    /// that sample's label.
+    #[test]
+    fn augmented_rows_keep_their_labels() {
+        let ds = toy(64, 3);
+        let data = DeviceData::new(&ds, Device::Cpu);
+        let cfg = TrainConfig {
+            num_classes: 4,
+            hidden_units: vec![8],
+            augment_shift: 1,
+            augment_flip: true,
+            ..TrainConfig::default()
+        };
+        let state = TrainState::new(&cfg, 16, Device::Cpu);
+        let step = HostStep::new(&cfg, &data, &state, None).unwrap();
+        let idx: Vec<i64> = vec![5, 0, 63, 17, 17, 2];
+        let mut buffers = Vec::new();
+        let pos = step.load_batch(&mut buffers, &state, &idx, (0, idx.len()), 3);
+        let b = &buffers[pos];
+        let aug = Augment::new(&cfg, 4, 4).unwrap().unwrap();
+        let moves = aug.moves(cfg.seed, 3, state.step, idx.len());
+        assert!(moves.iter().any(|m| *m != Default::default()), "some row is moved");
+        let mut want = vec![0f32; 16];
+        for (r, &i) in idx.iter().enumerate() {
+            aug.apply(&ds.images[i as usize * 16..][..16], moves[r], 1.0 / 255.0, &mut want);
+            assert_eq!(&b.x.as_slice()[r * 16..][..16], &want[..], "row {r}");
+            assert_eq!(b.labels[r], ds.labels[i as usize] as i64, "row {r}");
+        }
+    }
+}
