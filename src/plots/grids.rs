@@ -21,15 +21,7 @@ pub fn samples(
     let n = labels.len().min(SAMPLE_COUNT);
     let (w, h) = SAMPLES.size(n);
     render(w, h, |area| {
-        text(
-            area,
-            "The first 25 training images",
-            (w as i32 / 2, 34),
-            22,
-            true,
-            &TEXT,
-            HPos::Center,
-        )?;
+        title(area, "The first 25 training images", w)?;
         let (ix, iy, size) = SAMPLES_IMAGE;
         for i in 0..n {
             let (x, y) = SAMPLES.cell(i);

@@ -220,6 +220,11 @@ fn text(
     draw_text(area, s, at, size, bold, color, h, false)
 }
 
+/// A picture's title: bold, centred over a canvas `width` pixels wide.
+fn title(area: &Area, s: &str, width: u32) -> DrawResult<()> {
+    text(area, s, (width as i32 / 2, 34), 22, true, &TEXT, HPos::Center)
+}
+
 /// The longest prefix of `s` (ending in "…") that fits in `width` pixels.
 fn fit_text(s: &str, size: u32, width: u32) -> String {
     if text_width(s, size, false) <= width {

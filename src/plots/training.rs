@@ -12,15 +12,7 @@ pub fn training(metrics: &Metrics) -> Result<Picture> {
     let (w, h) = TRAINING_SIZE;
     let epochs = &metrics.epochs;
     render(w, h, |area| {
-        text(
-            area,
-            "Training: loss and accuracy per epoch",
-            (w as i32 / 2, 34),
-            22,
-            true,
-            &TEXT,
-            HPos::Center,
-        )?;
+        title(area, "Training: loss and accuracy per epoch", w)?;
         let body = area.margin(TRAINING_TITLE, 0, 0, 0);
         let (left, right) = body.split_horizontally(w / 2);
         let train_loss: Vec<(f64, f64)> =
