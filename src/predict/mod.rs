@@ -1,0 +1,256 @@
+//! `train predict`: classifies images with a trained model, one JSON line per image.
+//!
+//! The model is a model folder (`model.json` + `model.safetensors`) or a `model.tar.gz` as
+//! SageMaker stores it. Inputs are PNG or JPEG files of exactly the model's input size in 8-bit
+//! (or 16-bit) grayscale, or IDX image files (gzipped or not), told apart by their content. Like
+//! Fashion-MNIST, images are light objects on a black background (pixel 0 is background);
+//! `--invert` takes 255 − pixel for dark-on-light pictures. Pixels are scaled by `model.json`'s
+//! `input.scale`, and each file's images are classified in the batches `train::evaluate` uses, so
+//! an IDX test file gets exactly the predictions behind the job's reported test accuracy.
+//!
+//! A file that cannot be classified (missing, wrong size, not an image, wrong channel count,
+//! corrupt) gets one line on stderr; the other files are still classified.
+
+mod images;
+mod load;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tch::Tensor;
+
+use crate::artifacts;
+use crate::evaluation::{self, Predictions};
+
+pub use images::{decode_picture, read_images, Images};
+pub use load::{extract_model, load_model, Loaded};
+
+/// Every input was classified.
+pub const EXIT_OK: u8 = 0;
+/// Some inputs could not be classified (each named on stderr); the others' lines were written.
+pub const EXIT_SOME_FAILED: u8 = 1;
+/// Nothing was classified: the model could not be loaded, the options are wrong, or the output
+/// could not be written.
+pub const EXIT_FAILED: u8 = 2;
+
+/// The closing part of `train predict --help`.
+pub const HELP: &str = "\
+OUTPUT: one JSON object per image and line (JSON Lines), in the order of the arguments:
+  {\"source\":\"shoe.png\",\"class\":9,\"class_name\":\"Ankle boot\",
+   \"probabilities\":[...one per class...],
+   \"top_k\":[{\"class\":9,\"class_name\":\"Ankle boot\",\"probability\":0.97},...]}
+  An IDX file's images are named FILE#INDEX (0-based). \"class\" is the first index of the
+  largest logit, as in training's accuracy; top_k lists the K most likely classes, best first.
+
+INPUT: PNG or JPEG images of exactly the model's input size (28x28 for Fashion-MNIST), 8- or
+  16-bit grayscale, light objects on a black background as in Fashion-MNIST (--invert for dark on
+  light); or IDX image files, gzipped or not. Files are told apart by their content, not their
+  names. Pixel values 0-255 are scaled by model.json's input.scale.
+
+ERRORS: a file that cannot be classified (missing, not an image, wrong size, not grayscale,
+  truncated) gets one line on stderr, `error: FILE: why`; the other files are still classified.
+  A summary line follows on stderr.
+
+EXIT CODES: 0 every image classified; 1 some files could not be classified (the others' lines
+  were written); 2 nothing was classified: the model could not be loaded, the options are wrong
+  or the output could not be written.";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A model folder or a `model.tar.gz`.
+    pub model: PathBuf,
+    pub inputs: Vec<PathBuf>,
+    /// How many classes each line's `top_k` lists.
+    pub top_k: usize,
+    /// 255 − pixel before scaling.
+    pub invert: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub images: usize,
+    pub files: usize,
+    pub failed: usize,
+}
+
+/// One line of output: one image.
+#[derive(Debug, Serialize)]
+pub struct Line<'a> {
+    /// The file, or `file#index` (0-based) for an image of an IDX file.
+    pub source: String,
+    /// The predicted class: the first index of the largest logit.
+    pub class: usize,
+    pub class_name: &'a str,
+    /// Softmax probabilities, one per class.
+    pub probabilities: &'a [f32],
+    /// The `--top-k` most likely classes, best first.
+    pub top_k: Vec<Ranked<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ranked<'a> {
+    pub class: usize,
+    pub class_name: &'a str,
+    pub probability: f32,
+}
+
+/// Classifies one file's images (`count × features` bytes).
+pub fn classify(loaded: &Loaded, pixels: &[u8], invert: bool) -> Predictions {
+    let features = loaded.model.sizes()[0];
+    let count = pixels.len() / features;
+    let t = if invert {
+        let inv: Vec<u8> = pixels.iter().map(|&v| 255 - v).collect();
+        Tensor::from_slice(&inv)
+    } else {
+        Tensor::from_slice(pixels)
+    };
+    evaluation::predict(
+        &loaded.model,
+        &t.view([count as i64, features as i64]),
+        loaded.card.input.scale,
+    )
+}
+
+/// Runs the command: loads the model, classifies, writes the lines to stdout or `out_file`;
+/// returns the exit code.
+pub fn main(opts: &Options, out_file: Option<&Path>) -> u8 {
+    let stderr = io::stderr();
+    let mut err = stderr.lock();
+    let loaded = match load_model(&opts.model) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            return EXIT_FAILED;
+        }
+    };
+    let result = match out_file {
+        Some(path) => {
+            let mut buf = Vec::new();
+            run(opts, &loaded, &mut buf, &mut err).and_then(|s| {
+                write_out(path, &buf).with_context(|| format!("-o {}", path.display()))?;
+                Ok(s)
+            })
+        }
+        None => {
+            let stdout = io::stdout();
+            run(opts, &loaded, &mut io::BufWriter::new(stdout.lock()), &mut err)
+        }
+    };
+    match result {
+        Ok(s) => {
+            let plural =
+                |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+            let mut line = format!(
+                "classified {} from {}",
+                plural(s.images, "image"),
+                plural(s.files - s.failed, "file")
+            );
+            if s.failed > 0 {
+                line += &format!("; {} could not be classified", plural(s.failed, "file"));
+            }
+            let _ = writeln!(err, "{line}");
+            if s.failed > 0 {
+                EXIT_SOME_FAILED
+            } else {
+                EXIT_OK
+            }
+        }
+        // A reader that stopped early (`| head`) is not an error worth a message.
+        Err(e) if broken_pipe(&e) => EXIT_FAILED,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// Writes `-o`'s file: a regular file (or a link's target) by temporary name and rename, so a
+/// reader never sees half of it; into a device or FIFO as it is, since replacing `/dev/null`
+/// or a pipe with a regular file would break whatever else uses it.
+fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("is a folder; name a file to write the lines to"),
+        Ok(m) if !m.is_file() => {
+            let mut f = fs::OpenOptions::new().write(true).open(path)?;
+            f.write_all(bytes)?;
+            return Ok(f.flush()?);
+        }
+        _ => {}
+    }
+    // A link is kept and its target replaced, as a shell's `>` would write through it.
+    let target = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
+            Ok(t) => t,
+            Err(_) => {
+                let link = fs::read_link(path)?;
+                path.parent().unwrap_or(Path::new(".")).join(link)
+            }
+        },
+        _ => path.to_path_buf(),
+    };
+    artifacts::write_atomic(&target, bytes)
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    let kind = e.downcast_ref::<io::Error>().map(io::Error::kind).or_else(|| {
+        e.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind)
+    });
+    kind == Some(io::ErrorKind::BrokenPipe)
+}
+
+/// Classifies every input, writing one JSON line per image to `out` and one line per failed
+/// file to `err`. Only errors writing `out` end the run early.
+pub fn run(
+    opts: &Options,
+    loaded: &Loaded,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Summary> {
+    let names = &loaded.card.class_names;
+    if opts.top_k == 0 || opts.top_k > names.len() {
+        bail!("--top-k {}: the model has {} classes", opts.top_k, names.len());
+    }
+    let mut summary = Summary { images: 0, files: opts.inputs.len(), failed: 0 };
+    for path in &opts.inputs {
+        let images = match read_images(path, loaded.shape()) {
+            Ok(images) => images,
+            Err(why) => {
+                summary.failed += 1;
+                let _ = writeln!(err, "error: {}: {why}", path.display());
+                continue;
+            }
+        };
+        let p = classify(loaded, &images.pixels, opts.invert);
+        for i in 0..p.len() {
+            let source = if images.idx {
+                format!("{}#{i}", path.display())
+            } else {
+                path.display().to_string()
+            };
+            let line = Line {
+                source,
+                class: p.classes[i],
+                class_name: &names[p.classes[i]],
+                probabilities: p.probabilities(i),
+                top_k: p
+                    .top_k(i, opts.top_k)
+                    .into_iter()
+                    .map(|c| Ranked {
+                        class: c,
+                        class_name: &names[c],
+                        probability: p.probabilities(i)[c],
+                    })
+                    .collect(),
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+        }
+        summary.images += p.len();
+    }
+    out.flush()?;
+    Ok(summary)
+}
