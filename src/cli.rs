@@ -281,17 +281,7 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
         }
     };
     crash::install(paths, exit_now, EXIT_INTERNAL_ERROR);
-    // A stale verdict or result from an earlier run in the same folder would contradict this one.
-    for stale in [paths.failure_file(), paths.success_file()] {
-        let _ = std::fs::remove_file(stale);
-    }
-    let removed = clear_results(paths) + s3::download::remove_stale_staging(&paths.data_dir());
-    if removed > 0 {
-        tracing::info!(
-            files = removed,
-            "removed what an earlier run left in model/, output/data/ and input/data/"
-        );
-    }
+    clear_earlier_run(paths);
     let stop = Arc::new(AtomicBool::new(false));
     let which = Arc::new(AtomicUsize::new(0));
     // With --output, the destination is checked before training and filled after it.
@@ -329,29 +319,46 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
             if !complete {
                 clear_results(paths);
             }
-            let (line, code) = if err.is::<Stopped>() {
-                let detail = err.downcast_ref::<Stopped>().map_or("", |s| s.0.as_str());
-                let why = anyhow::anyhow!(
-                    "stopped by {}{detail}",
-                    signal_name(which.load(Ordering::Relaxed))
-                );
-                (failure_line("Stopped", &why), EXIT_STOPPED)
-            } else if is_user_error(&err) {
-                (failure_line("ClientError", &err), EXIT_USER_ERROR)
-            } else {
-                (failure_line("InternalError", &err), EXIT_INTERNAL_ERROR)
-            };
-            // The log keeps the whole reason; the failure file and stderr's last line the
-            // bounded one SageMaker shows.
-            tracing::error!("{err:#}");
-            eprintln!("{line}");
-            write_verdict(paths, "failure", &format!("{line}\n"));
-            if let Some(up) = &upload {
-                up.upload_failure(&format!("{line}\n"));
-            }
-            code
+            fail_job(paths, &err, which.load(Ordering::Relaxed), upload.as_ref())
         }
     }
+}
+
+/// A stale verdict or result from an earlier run in the same folder would contradict this one.
+fn clear_earlier_run(paths: &Paths) {
+    for stale in [paths.failure_file(), paths.success_file()] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let removed = clear_results(paths) + s3::download::remove_stale_staging(&paths.data_dir());
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            "removed what an earlier run left in model/, output/data/ and input/data/"
+        );
+    }
+}
+
+/// Reports a failed job (the failure file, stderr, the output prefix) and picks its exit code;
+/// `signal` is the one that stopped it, if any.
+fn fail_job(paths: &Paths, err: &anyhow::Error, signal: usize, upload: Option<&s3::Output>) -> u8 {
+    let (line, code) = if err.is::<Stopped>() {
+        let detail = err.downcast_ref::<Stopped>().map_or("", |s| s.0.as_str());
+        let why = anyhow::anyhow!("stopped by {}{detail}", signal_name(signal));
+        (failure_line("Stopped", &why), EXIT_STOPPED)
+    } else if is_user_error(err) {
+        (failure_line("ClientError", err), EXIT_USER_ERROR)
+    } else {
+        (failure_line("InternalError", err), EXIT_INTERNAL_ERROR)
+    };
+    // The log keeps the whole reason; the failure file and stderr's last line the bounded one
+    // SageMaker shows.
+    tracing::error!("{err:#}");
+    eprintln!("{line}");
+    write_verdict(paths, "failure", &format!("{line}\n"));
+    if let Some(up) = upload {
+        up.upload_failure(&format!("{line}\n"));
+    }
+    code
 }
 
 /// Removes the model folder's and `output/data/`'s files (and their temporary files); returns

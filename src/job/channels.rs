@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::Options;
 use crate::config::TrainConfig;
-use crate::contract::{InputMode, JobFiles, Paths};
+use crate::contract::{ChannelSpec, InputMode, JobFiles, Paths};
 use crate::data::{self, Dataset};
 use crate::error::user;
 use crate::s3::{self, ChannelArg, Location, S3Uri};
@@ -96,18 +96,7 @@ pub fn resolve_channels(
         );
         return Ok(default_sources(Path::new(DEFAULT_DATA_DIR)));
     }
-    for (i, c) in cli.iter().enumerate() {
-        if cli[..i].iter().any(|d| d.name == c.name) {
-            return Err(user(format!("--channel {}: given more than once", c.name)));
-        }
-        if !CHANNELS.contains(&c.name.as_str()) {
-            return Err(user(format!(
-                "--channel {}: \"{}\" is not a channel this trainer reads (train, validation, \
-                 test)",
-                c.name, c.name
-            )));
-        }
-    }
+    check_cli_channels(cli)?;
     let origin = match (channels.is_empty(), cli.is_empty()) {
         (false, true) => config_file.display().to_string(),
         (true, false) => "--channel".to_string(),
@@ -132,21 +121,7 @@ pub fn resolve_channels(
         if cli.iter().any(|c| &c.name == name) {
             continue;
         }
-        if spec.mode() == InputMode::Pipe {
-            return Err(user(format!(
-                "{}: channel \"{name}\" uses Pipe mode, which this trainer does not support yet; \
-                 use File or FastFile",
-                config_file.display()
-            )));
-        }
-        if spec.record_wrapper.as_deref().is_some_and(|w| !w.eq_ignore_ascii_case("None")) {
-            return Err(user(format!(
-                "{}: channel \"{name}\" uses RecordWrapperType {}, which this trainer does not \
-                 read; use None (plain IDX files)",
-                config_file.display(),
-                spec.record_wrapper.as_deref().unwrap_or_default()
-            )));
-        }
+        check_readable(&config_file, name, spec)?;
         info!(channel = %name, mode = ?spec.mode(), distribution = spec.distribution.as_deref().unwrap_or("-"), "channel");
         out.insert(name.clone(), Source::Dir(paths.channel_dir(name)));
     }
@@ -159,6 +134,43 @@ pub fn resolve_channels(
         out.insert(c.name.clone(), source);
     }
     Ok(out)
+}
+
+/// `--channel`s name each channel once, and only channels this trainer reads.
+fn check_cli_channels(cli: &[ChannelArg]) -> Result<()> {
+    for (i, c) in cli.iter().enumerate() {
+        if cli[..i].iter().any(|d| d.name == c.name) {
+            return Err(user(format!("--channel {}: given more than once", c.name)));
+        }
+        if !CHANNELS.contains(&c.name.as_str()) {
+            return Err(user(format!(
+                "--channel {}: \"{}\" is not a channel this trainer reads (train, validation, \
+                 test)",
+                c.name, c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A channel of `inputdataconfig.json` in a mode and record format this trainer reads.
+fn check_readable(config_file: &Path, name: &str, spec: &ChannelSpec) -> Result<()> {
+    if spec.mode() == InputMode::Pipe {
+        return Err(user(format!(
+            "{}: channel \"{name}\" uses Pipe mode, which this trainer does not support yet; use \
+             File or FastFile",
+            config_file.display()
+        )));
+    }
+    if spec.record_wrapper.as_deref().is_some_and(|w| !w.eq_ignore_ascii_case("None")) {
+        return Err(user(format!(
+            "{}: channel \"{name}\" uses RecordWrapperType {}, which this trainer does not read; \
+             use None (plain IDX files)",
+            config_file.display(),
+            spec.record_wrapper.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(())
 }
 
 /// With no channels configured the job trains on the installed Fashion-MNIST; data laid out

@@ -30,6 +30,19 @@ pub fn training(metrics: &Metrics) -> Result<Picture> {
     })
 }
 
+/// The values' range with a tenth of it as margin, never below 0 (nor above 1 for accuracy).
+fn y_range(values: impl Iterator<Item = f64>, accuracy: bool) -> std::ops::Range<f64> {
+    let values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = if values.is_empty() { (0.0, 1.0) } else { (lo, hi) };
+    let pad = ((hi - lo) * 0.1).max(0.01);
+    if accuracy {
+        (lo - pad).max(0.0)..(hi + pad).min(1.0)
+    } else {
+        (lo - pad).max(0.0)..hi + pad
+    }
+}
+
 fn panel(
     area: &Area,
     title: &str,
@@ -40,16 +53,7 @@ fn panel(
     accuracy: bool,
 ) -> DrawResult<()> {
     let last = train.iter().chain(validation).map(|p| p.0).fold(1.0, f64::max);
-    let values: Vec<f64> =
-        train.iter().chain(validation).map(|p| p.1).filter(|v| v.is_finite()).collect();
-    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    let (lo, hi) = if values.is_empty() { (0.0, 1.0) } else { (lo, hi) };
-    let pad = ((hi - lo) * 0.1).max(0.01);
-    let y_range = if accuracy {
-        (lo - pad).max(0.0)..(hi + pad).min(1.0)
-    } else {
-        (lo - pad).max(0.0)..hi + pad
-    };
+    let y_range = y_range(train.iter().chain(validation).map(|p| p.1), accuracy);
     let mut chart = ChartBuilder::on(area)
         .caption(title, font(18, true))
         .margin(16)

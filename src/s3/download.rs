@@ -384,17 +384,9 @@ async fn fetch_piece(s3: &S3, bucket: &str, p: &Piece, progress: &Progress) -> R
         let resp = req.send().await.map_err(|e| describe(Action::Get, &uri, "", &e))?;
         let mut body = resp.body;
         loop {
-            // The SDK's stall protection watches throughput; this catches a body that sends
-            // nothing at all, whatever the SDK makes of it.
-            let next = match tokio::time::timeout(s3.opts.stall_timeout, body.try_next()).await {
-                Ok(next) => next.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "no data for {} s (SMTRAIN_S3_STALL_TIMEOUT)",
-                    s3.opts.stall_timeout.as_secs()
-                )),
-            };
-            match next {
+            match next_chunk(s3, &mut body).await {
                 Ok(Some(bytes)) => {
+                    let bytes = bytes.as_ref();
                     let n = bytes.len() as u64;
                     if offset + n > end {
                         return Err(anyhow!(
@@ -403,7 +395,7 @@ async fn fetch_piece(s3: &S3, bucket: &str, p: &Piece, progress: &Progress) -> R
                             p.size
                         ));
                     }
-                    file.write_all_at(&bytes, offset)
+                    file.write_all_at(bytes, offset)
                         .with_context(|| format!("writing {}", p.tmp.display()))?;
                     offset += n;
                     progress.bytes.fetch_add(n, Ordering::Relaxed);
@@ -432,14 +424,36 @@ async fn fetch_piece(s3: &S3, bucket: &str, p: &Piece, progress: &Progress) -> R
         }
     }
     if p.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len != p.size {
-            return Err(anyhow!("downloading {target}: wrote {len} bytes of {}", p.size));
-        }
-        drop(file);
-        fs::rename(&p.tmp, &p.dest)
-            .with_context(|| format!("renaming {} to {}", p.tmp.display(), p.dest.display()))?;
-        progress.objects.fetch_add(1, Ordering::Relaxed);
+        finish_object(file, p, &target, progress)?;
     }
+    Ok(())
+}
+
+/// The body's next bytes. The SDK's stall protection watches throughput; the timeout here
+/// catches a body that sends nothing at all, whatever the SDK makes of it.
+async fn next_chunk(
+    s3: &S3,
+    body: &mut aws_sdk_s3::primitives::ByteStream,
+) -> std::result::Result<Option<impl AsRef<[u8]>>, String> {
+    match tokio::time::timeout(s3.opts.stall_timeout, body.try_next()).await {
+        Ok(next) => next.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no data for {} s (SMTRAIN_S3_STALL_TIMEOUT)",
+            s3.opts.stall_timeout.as_secs()
+        )),
+    }
+}
+
+/// Run by whichever piece of an object ends last: checks the whole object arrived, then gives
+/// it its real name.
+fn finish_object(file: File, p: &Piece, target: &str, progress: &Progress) -> Result<()> {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len != p.size {
+        return Err(anyhow!("downloading {target}: wrote {len} bytes of {}", p.size));
+    }
+    drop(file);
+    fs::rename(&p.tmp, &p.dest)
+        .with_context(|| format!("renaming {} to {}", p.tmp.display(), p.dest.display()))?;
+    progress.objects.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
