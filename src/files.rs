@@ -12,6 +12,9 @@ use anyhow::Result;
 
 use crate::error::user;
 
+/// The first two bytes of every gzip file, by which inputs are told apart from plain ones.
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// The most a JSON file in `input/config/` can hold: SageMaker's 100 hyperparameters of at most
 /// 2,756 bytes each is a tenth of this.
 pub const MAX_CONFIG: u64 = 1 << 20;

@@ -14,7 +14,6 @@ use flate2::read::MultiGzDecoder;
 use crate::error::user;
 use crate::{files, inflate};
 
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// The largest payload we accept from one file (16 GiB): far above any real IDX file, far below
 /// what a corrupt header can claim.
 const MAX_PAYLOAD: u64 = 16 << 30;
@@ -105,7 +104,7 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
     let n =
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
     let head = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
-    Ok(if n == 2 && magic == GZIP_MAGIC {
+    Ok(if n == 2 && magic == files::GZIP_MAGIC {
         Box::new(MultiGzDecoder::new(head))
     } else {
         Box::new(head)
@@ -154,7 +153,7 @@ pub fn read_idx(path: &Path) -> Result<IdxFile> {
     let mut magic = [0u8; 2];
     let n =
         read_up_to(&mut file, &mut magic).with_context(|| format!("reading {}", path.display()))?;
-    if n == 2 && magic == GZIP_MAGIC {
+    if n == 2 && magic == files::GZIP_MAGIC {
         // The whole compressed file: its size is real, whatever its contents claim.
         // SAFETY: SageMaker writes a channel's files before the job starts and nothing
         // truncates them while it runs; if something did, the SIGBUS would end the job (no

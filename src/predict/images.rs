@@ -13,7 +13,6 @@ const MAX_IMAGE_FILE: u64 = 64 << 20;
 
 const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
 const JPEG_MAGIC: [u8; 3] = [0xff, 0xd8, 0xff];
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// One input file's images.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +39,7 @@ pub fn read_images(
     let head = &head[..n];
     if head.starts_with(&PNG_MAGIC) || head.starts_with(&JPEG_MAGIC) {
         Ok(Images { pixels: read_picture(path, meta.len(), (rows, cols))?, idx: false })
-    } else if head.starts_with(&GZIP_MAGIC) || head.starts_with(&[0, 0, 8]) {
+    } else if head.starts_with(&files::GZIP_MAGIC) || head.starts_with(&[0, 0, 8]) {
         Ok(Images { pixels: read_idx_images(path, (rows, cols))?, idx: true })
     } else if n == 0 {
         Err("is empty, not a PNG, JPEG or IDX image file".into())

@@ -14,7 +14,6 @@ use crate::model::Mlp;
 
 /// The largest `model.safetensors` taken from an archive (`model.json`'s is `MAX_CARD`).
 const MAX_WEIGHTS: u64 = 4 << 30;
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// A loaded model and what `model.json` says about its input.
 pub struct Loaded {
@@ -62,7 +61,7 @@ pub fn extract_model(archive: &Path, dir: &Path) -> Result<()> {
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic).with_context(what)?;
     let head = io::Cursor::new(magic[..n].to_vec()).chain(file);
-    let reader: Box<dyn Read> = if n == 2 && magic == GZIP_MAGIC {
+    let reader: Box<dyn Read> = if n == 2 && magic == files::GZIP_MAGIC {
         Box::new(flate2::read::MultiGzDecoder::new(head))
     } else {
         Box::new(head)
