@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
@@ -302,8 +302,7 @@ fn work(loaded: &Loaded, queue: &Mutex<std::sync::mpsc::Receiver<Job>>) {
 /// The forward pass `predict` runs, on float pixels: the same operations, so the same bits.
 fn forward(loaded: &Loaded, batch: &Batch) -> Predictions {
     let features = loaded.model.sizes()[0] as i64;
-    let t =
-        Tensor::from_slice(&batch.pixels).to_kind(Kind::Float).view([batch.count as i64, features]);
+    let t = Tensor::from_slice(&batch.pixels).view([batch.count as i64, features]);
     evaluation::predict(&loaded.model, &t, loaded.card.input.scale)
 }
 
