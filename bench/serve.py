@@ -27,6 +27,8 @@ Method, in one run:
    latency from wrk's --latency report. Any non-2xx
    answer or socket error fails the run. gunicorn's sync workers close the connection after each
    answer, so wrk reconnects for every request there; that is part of what is measured.
+   Right before each server's 1-image, 1-connection run, wrk GETs /ping at 1 connection: a
+   round trip that does no work, the ceiling of that row on these cores.
 4. Peak RSS: VmHWM of our process, and the sum over gunicorn's master and workers (each worker
    loads its own torch; pages shared between them are counted in each).
 Prints a Markdown table with both servers and the ratios (ours over theirs for requests/s; theirs
@@ -176,15 +178,19 @@ WRK_TIME = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
 def wrk(port, body_file, connections, duration, client_cpus):
+    """POSTs `body_file` to /invocations; with no body file, GETs /ping (the round trip alone)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\n'
-                     'wrk.headers["Content-Type"] = "text/csv"\n'
-                     'wrk.headers["Accept"] = "application/json"\n'
-                     f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); f:close()\n')
+        if body_file:
+            script.write('wrk.method = "POST"\n'
+                         'wrk.headers["Content-Type"] = "text/csv"\n'
+                         'wrk.headers["Accept"] = "application/json"\n'
+                         f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); '
+                         'f:close()\n')
     threads = max(1, min(connections, len(cpu_list(client_cpus))))
+    path = "invocations" if body_file else "ping"
     cmd = ["taskset", "-c", client_cpus, "wrk", f"-t{threads}", f"-c{connections}",
            f"-d{duration}s", "--timeout", "30s", "--latency", "-s", script.name,
-           f"http://127.0.0.1:{port}/invocations"]
+           f"http://127.0.0.1:{port}/{path}"]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     finally:
@@ -281,6 +287,12 @@ def measure(names, a, cores, client, imgs, reference, bodies):
                 for name in order:
                     if procs[name].poll() is not None:
                         fail(f"{LABELS[name]} exited with {procs[name].returncode}")
+                    if (per, conns) == (1, 1):
+                        # Right before: the floor of this row, a round trip doing no work.
+                        r = wrk(ports[name], None, 1, a.duration, client)
+                        results[name]["ping_rps"] = r["rps"]
+                        print(f"{LABELS[name]}: GET /ping, 1 connection: {r['rps']:.0f} req/s",
+                              flush=True)
                     r = wrk(ports[name], bodies[per], conns, a.duration, client)
                     results[name][f"{per}x{conns}"] = r
                     print(f"{LABELS[name]}: {per} image(s)/request, {conns} connection(s): "
@@ -316,14 +328,22 @@ def table(results):
                         f"{t['p99_ms'] / o['p99_ms']:.1f}x"]
             lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    head = ["", *(LABELS[n] for n in names)] + (["theirs/ours"] if both else [])
+    head = ["", *(LABELS[n] for n in names)] + (["ours better by"] if both else [])
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for key, label, fmt in (("start_s", "start to first /ping 200, s", "{:.3f}"),
-                            ("peak_rss_mb", "peak RSS, MB", "{:.0f}")):
+    for key, label, fmt, higher_better in (
+            ("start_s", "start to first /ping 200, s", "{:.3f}", False),
+            ("peak_rss_mb", "peak RSS, MB", "{:.0f}", False),
+            ("ping_rps", "GET /ping at 1 connection, req/s", "{:.0f}", True)):
         row = [label, *(fmt.format(results[n][key]) for n in names)]
         if both:
-            row.append(f"{results['torch'][key] / results['ours'][key]:.1f}x")
+            o, t = results["ours"][key], results["torch"][key]
+            row.append(f"{(o / t if higher_better else t / o):.1f}x")
         lines.append("| " + " | ".join(row) + " |")
+    if "ours" in names and "torch" in names:
+        lines += ["", f"`train serve`'s GET /ping at 1 connection is "
+                  f"{results['ours']['ping_rps'] / results['torch']['1x1']['rps']:.1f}x the "
+                  "PyTorch server's requests/s for 1 image at 1 connection: the most any "
+                  "server could reach on this client and these cores."]
     return "\n".join(lines)
 
 
