@@ -230,6 +230,23 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<(Mlp, ModelCard)> {
     Ok((model, card))
 }
 
+/// A model folder for tests: a fresh 784 → `hidden` → 10 network with the defaults' card.
+#[cfg(test)]
+pub(crate) fn write_test_model(dir: &Path, hidden: usize) -> (Mlp, ModelCard) {
+    let cfg = TrainConfig::default();
+    let model = Mlp::glorot(&model::layer_sizes(784, &[hidden], 10), 1, Device::Cpu);
+    let card = ModelCard::new(&cfg, &model, [28, 28], Default::default(), "cpu".into());
+    let metrics = Metrics {
+        epochs: vec![],
+        test: None,
+        early_stop: None,
+        data_load_seconds: 0.0,
+        train_seconds: 0.0,
+    };
+    write_model_dir(dir, &model, &card, &metrics).unwrap();
+    (model, card)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,17 +264,7 @@ mod tests {
     #[test]
     fn model_dir_round_trips() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig::default();
-        let model = Mlp::glorot(&model::layer_sizes(784, &[128], 10), 1, Device::Cpu);
-        let card = ModelCard::new(&cfg, &model, [28, 28], Default::default(), "cpu".into());
-        let metrics = Metrics {
-            epochs: vec![],
-            test: None,
-            early_stop: None,
-            data_load_seconds: 0.0,
-            train_seconds: 0.0,
-        };
-        write_model_dir(d.path(), &model, &card, &metrics).unwrap();
+        let (model, card) = write_test_model(d.path(), 128);
         let (back, back_card) = load_model_dir(d.path(), Device::Cpu).unwrap();
         assert!(back.flat.equal(&model.flat));
         assert_eq!(back_card, card);

@@ -137,9 +137,6 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::TrainConfig;
-    use crate::metrics::Metrics;
-    use crate::model;
 
     /// A tar entry with the raw `name` (unchecked, as a hostile archive could hold it).
     fn entry(
@@ -164,17 +161,7 @@ mod tests {
     /// A real model folder's two files.
     fn model_files() -> (Vec<u8>, Vec<u8>) {
         let d = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig::default();
-        let m = Mlp::glorot(&model::layer_sizes(784, &[16], 10), 1, Device::Cpu);
-        let card = ModelCard::new(&cfg, &m, [28, 28], Default::default(), "cpu".into());
-        let metrics = Metrics {
-            epochs: vec![],
-            test: None,
-            early_stop: None,
-            data_load_seconds: 0.0,
-            train_seconds: 0.0,
-        };
-        artifacts::write_model_dir(d.path(), &m, &card, &metrics).unwrap();
+        artifacts::write_test_model(d.path(), 16);
         (
             fs::read(d.path().join(MODEL_FILE)).unwrap(),
             fs::read(d.path().join(WEIGHTS_FILE)).unwrap(),
