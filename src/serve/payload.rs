@@ -83,27 +83,10 @@ pub struct Batch {
 pub fn decode(input: Input, body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> {
     let features = rows * cols;
     let batch = match input {
-        Input::Json => {
-            let value: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-            let images = match value {
-                serde_json::Value::Object(mut o) => match o.remove("instances") {
-                    Some(serde_json::Value::Array(a)) => a,
-                    _ => {
-                        return Err(
-                            "a JSON object body needs \"instances\": a list of images".into()
-                        )
-                    }
-                },
-                serde_json::Value::Array(a) => a,
-                _ => {
-                    return Err(
-                        "the JSON body must be a list of images or {\"instances\": [...]}".into()
-                    )
-                }
-            };
-            from_json_images(images.iter(), features, (rows, cols))?
-        }
+        Input::Json => match plain_json(body, features) {
+            Some(batch) => batch,
+            None => from_json(body, features, (rows, cols))?,
+        },
         Input::JsonLines => {
             let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text")?;
             let mut images = Vec::new();
@@ -126,6 +109,113 @@ pub fn decode(input: Input, body: &[u8], (rows, cols): (usize, usize)) -> Result
         return Err("the body holds no image".into());
     }
     Ok(batch)
+}
+
+/// A JSON body of any shape this server reads, or what is wrong with it.
+fn from_json(body: &[u8], features: usize, (rows, cols): (usize, usize)) -> Result<Batch, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let images = match value {
+        serde_json::Value::Object(mut o) => match o.remove("instances") {
+            Some(serde_json::Value::Array(a)) => a,
+            _ => return Err("a JSON object body needs \"instances\": a list of images".into()),
+        },
+        serde_json::Value::Array(a) => a,
+        _ => return Err("the JSON body must be a list of images or {\"instances\": [...]}".into()),
+    };
+    from_json_images(images.iter(), features, (rows, cols))
+}
+
+/// The usual JSON body fast: a list of flat lists of whole numbers 0 to 255 (what a client
+/// serialising an array of pixels sends), bare or as `{"instances": ...}`, each of `features`
+/// values, JSON whitespace anywhere. `None` for anything else (nested rows, decimals, other
+/// keys, bad JSON), and the general parser reads it or says what is wrong with it.
+fn plain_json(body: &[u8], features: usize) -> Option<Batch> {
+    let mut json = Scan { body, at: 0 };
+    let wrapped = json.eat(b'{');
+    if wrapped && !(json.eat_all(b"\"instances\"") && json.eat(b':')) {
+        return None;
+    }
+    let batch = json.images(features)?;
+    if wrapped && !json.eat(b'}') {
+        return None;
+    }
+    json.skip();
+    (json.at == body.len()).then_some(batch)
+}
+
+/// A cursor over a JSON body, for [`plain_json`].
+struct Scan<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Scan<'_> {
+    fn skip(&mut self) {
+        while self.body.get(self.at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// Whether `byte` comes next, after any whitespace; if so it is consumed.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip();
+        let found = self.body.get(self.at) == Some(&byte);
+        self.at += usize::from(found);
+        found
+    }
+
+    fn eat_all(&mut self, bytes: &[u8]) -> bool {
+        self.skip();
+        let found = self.body[self.at..].starts_with(bytes);
+        self.at += if found { bytes.len() } else { 0 };
+        found
+    }
+
+    /// `[[p, ...], ...]`, each list of `features` pixels.
+    fn images(&mut self, features: usize) -> Option<Batch> {
+        let mut pixels = Vec::new();
+        let mut count = 0;
+        if !self.eat(b'[') {
+            return None;
+        }
+        loop {
+            if !self.eat(b'[') {
+                return None;
+            }
+            for j in 0..features {
+                if j > 0 && !self.eat(b',') {
+                    return None;
+                }
+                pixels.push(self.pixel()?);
+            }
+            if !self.eat(b']') {
+                return None;
+            }
+            count += 1;
+            if self.eat(b']') {
+                return Some(Batch { pixels, count });
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// A whole number 0 to 255. JSON has no leading zeros: `07` is left for the general
+    /// parser to refuse, as are decimals and exponents.
+    fn pixel(&mut self) -> Option<f32> {
+        self.skip();
+        let rest = &self.body[self.at..];
+        let digits = rest.iter().take(4).take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 3 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let value = rest[..digits].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        self.at += digits;
+        let more = self.body.get(self.at).is_some_and(|b| matches!(b, b'.' | b'e' | b'E'));
+        (value <= 255 && !more).then_some(f32::from(value))
+    }
 }
 
 /// One image from JSON: `features` numbers, or `rows` lists of `cols` numbers.
@@ -405,6 +495,43 @@ mod tests {
         assert_eq!(Output::from_accept(Some("text/html, text/csv;q=0.9")), Some(Output::Csv));
         assert_eq!(Output::from_accept(Some("*/*")), Some(Output::Json));
         assert_eq!(Output::from_accept(Some("image/png")), None);
+    }
+
+    #[test]
+    fn json_bodies_read_alike_by_the_fast_and_the_general_parser() {
+        let general = |body: &str| from_json(body.as_bytes(), 4, SHAPE);
+        for body in
+            ["[[0,1,2,255],[4,5,6,7]]", " [ [ 0 , 1,2,\n255 ] ,\t[4,5,6,7] ]\r\n", "[[9,9,9,9]]"]
+        {
+            let fast = plain_json(body.as_bytes(), 4);
+            assert!(fast.is_some(), "{body}");
+            assert_eq!(fast.map(Ok), Some(general(body)), "{body}");
+        }
+        // Anything else is left to the general parser, which reads it or says why not.
+        for body in [
+            r#"{"instances": [[0,1,2,3]], "x": 1}"#,
+            r#"{"images": [[0,1,2,3]]}"#,
+            "[[[0,1],[2,3]]]",
+            "[[0,1,2,3.0]]",
+            "[[0,1,2,1e2]]",
+            "[[0,1,2,256]]",
+            "[[0,1,2,07]]",
+            "[[0,1,2,-1]]",
+            "[[0,1,2]]",
+            "[[0,1,2,3,4]]",
+            "[[0,1,2,3]] x",
+            "[[0,1,2,3],]",
+            "[]",
+            "[[0,1,2,3]",
+        ] {
+            assert_eq!(plain_json(body.as_bytes(), 4), None, "{body}");
+        }
+        let e = decode(Input::Json, b"[[0,1,2,07]]", SHAPE).unwrap_err();
+        assert!(e.starts_with("the body is not JSON"), "{e}");
+        let e = decode(Input::Json, b"[[0,1,2]]", SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 has 3 values; expected 4");
+        let e = decode(Input::Json, b"[[0,1,2,256]]", SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 value 3 is 256; pixel values are 0 to 255");
     }
 
     #[test]
