@@ -208,10 +208,10 @@ impl Scan<'_> {
         self.skip();
         let rest = &self.body[self.at..];
         let digits = rest.iter().take(4).take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 || digits > 3 || (digits > 1 && rest[0] == b'0') {
+        if digits > 1 && rest[0] == b'0' {
             return None;
         }
-        let value = rest[..digits].iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+        let value = whole_number(&rest[..digits])?;
         self.at += digits;
         let more = self.body.get(self.at).is_some_and(|b| matches!(b, b'.' | b'e' | b'E'));
         (value <= 255 && !more).then_some(f32::from(value))
@@ -292,24 +292,12 @@ fn from_csv(body: &[u8], features: usize) -> Result<Batch, String> {
 /// else. `false` for anything else, and the general parser reads the line or says what is wrong
 /// with it; parsing is most of a small CSV request's cost.
 fn plain_pixels(line: &[u8], out: &mut Vec<f32>) -> bool {
-    let (mut value, mut digits) = (0u16, 0);
-    for &b in line {
-        match b {
-            b'0'..=b'9' if digits < 3 => {
-                value = value * 10 + u16::from(b - b'0');
-                digits += 1;
-            }
-            b',' if digits > 0 && value <= 255 => {
-                out.push(f32::from(value));
-                (value, digits) = (0, 0);
-            }
+    for field in line.split(|&b| b == b',') {
+        match whole_number(field) {
+            Some(v) if v <= 255 => out.push(f32::from(v)),
             _ => return false,
         }
     }
-    if digits == 0 || value > 255 {
-        return false;
-    }
-    out.push(f32::from(value));
     true
 }
 
@@ -317,7 +305,9 @@ fn plain_pixels(line: &[u8], out: &mut Vec<f32>) -> bool {
 fn csv_line(line: &str, image: usize, features: usize, out: &mut Vec<f32>) -> Result<(), String> {
     let mut n = 0;
     for (j, field) in line.split(',').enumerate() {
-        let x = whole_number(field.trim()).map(f64::from).map_or_else(|| field.trim().parse(), Ok);
+        let x = whole_number(field.trim().as_bytes())
+            .map(f64::from)
+            .map_or_else(|| field.trim().parse(), Ok);
         let x: f64 = x.map_err(|_| {
             format!("image {image} value {j} is {:?}, not a number", crate::error::clip(field, 40))
         })?;
@@ -330,14 +320,13 @@ fn csv_line(line: &str, image: usize, features: usize, out: &mut Vec<f32>) -> Re
     Ok(())
 }
 
-/// A field of up to three digits as a number, without the general float parser: CSV pixels
-/// are almost always written so, and parsing is most of a CSV request's cost.
-fn whole_number(field: &str) -> Option<u16> {
-    let b = field.as_bytes();
-    if b.is_empty() || b.len() > 3 || !b.iter().all(u8::is_ascii_digit) {
+/// A field of one to three digits as a number, without the general float parser: pixels are
+/// almost always written so, and parsing is most of a small request's cost.
+fn whole_number(field: &[u8]) -> Option<u16> {
+    if field.is_empty() || field.len() > 3 || !field.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(b.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
+    Some(field.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
 /// A NumPy `.npy` array (format 1 to 3): `uint8` or `float32`, C order, shaped `(N, rows,
