@@ -65,8 +65,7 @@ pub fn predict(model: &Mlp, images: &Tensor, scale: f64) -> Predictions {
         while start < n {
             let len = EVAL_BATCH.min(n - start);
             // The same operations as DeviceData's batches in `train::evaluate`.
-            let x = if len == n { images.shallow_clone() } else { images.narrow(0, start, len) };
-            let x = x.to_kind(Kind::Float) * scale;
+            let x = images.narrow(0, start, len).to_kind(Kind::Float) * scale;
             let out = model.forward(&x);
             let argmax = out.argmax(1, false).to_device(Device::Cpu);
             classes.extend(
