@@ -79,7 +79,7 @@ fn pair(dir: &Path, prefix: &str) -> (PathBuf, PathBuf) {
 fn child(variant: &str, dir: &Path) {
     let load = |(i, l): &(PathBuf, PathBuf)| -> Dataset {
         if variant == "new" {
-            return load_pair(i, l, 10).unwrap();
+            return load_pair(i, l).unwrap();
         }
         let (img, lab) = std::thread::scope(|s| {
             let img = s.spawn(|| streaming_read_idx(i));

@@ -25,12 +25,9 @@ fn main() {
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3000);
     tch::set_num_threads(1);
     let dir = std::path::Path::new("/usr/share/datasets/fashion-mnist");
-    let ds = load_pair(
-        &dir.join("train-images-idx3-ubyte.gz"),
-        &dir.join("train-labels-idx1-ubyte.gz"),
-        10,
-    )
-    .unwrap();
+    let ds =
+        load_pair(&dir.join("train-images-idx3-ubyte.gz"), &dir.join("train-labels-idx1-ubyte.gz"))
+            .unwrap();
     let data = DeviceData::new(&ds, Device::Cpu);
     let cfg = TrainConfig { batch_size: batch as usize, ..TrainConfig::default() };
     let sizes = model::layer_sizes(784, &cfg.hidden_units, 10);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
+use crate::data::{Input, Standardize};
 use crate::files;
 use crate::metrics::Metrics;
 use crate::model::{self, Mlp};
@@ -59,13 +60,86 @@ pub struct Architecture {
     pub parameters: usize,
 }
 
+/// What the first layer takes, and how raw values become that.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputSpec {
-    /// Image rows and columns.
-    pub shape: [usize; 2],
+    /// `image` (pixels 0–255) or `table` (named features); cards without it are images.
+    #[serde(default = "image_kind")]
+    pub kind: String,
+    /// Images: rows and columns. Tables: the number of features.
+    pub shape: Vec<usize>,
+    /// What the training data held: `uint8` pixels or `float32` features.
     pub dtype: String,
-    /// Pixels are multiplied by this before the first layer.
+    /// Values are multiplied by this before the first layer (after `standardize`).
     pub scale: f64,
+    /// Tables: the feature names, in column order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    /// Tables: `(x − mean) / std` per feature, in float32, before the first layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardize: Option<Standardize>,
+}
+
+fn image_kind() -> String {
+    "image".into()
+}
+
+impl InputSpec {
+    pub fn new(input: &Input, scaling: Option<&Standardize>) -> Self {
+        match input {
+            Input::Image { rows, cols } => Self {
+                kind: image_kind(),
+                shape: vec![*rows, *cols],
+                dtype: "uint8".into(),
+                scale: 1.0 / 255.0,
+                features: None,
+                standardize: None,
+            },
+            Input::Table { names } => Self {
+                kind: "table".into(),
+                shape: vec![names.len()],
+                dtype: "float32".into(),
+                scale: 1.0,
+                features: Some(names.clone()),
+                standardize: scaling.cloned(),
+            },
+        }
+    }
+
+    /// The input this card describes, checked against the first layer's width.
+    pub fn input(&self, first_layer: usize) -> std::result::Result<Input, String> {
+        let input = match (self.kind.as_str(), self.shape.as_slice(), &self.features) {
+            ("image", [rows, cols], _) => Input::Image { rows: *rows, cols: *cols },
+            ("table", [n], Some(names)) if names.len() == *n => {
+                Input::Table { names: names.clone() }
+            }
+            _ => {
+                return Err(format!(
+                    "input kind {:?} with shape {:?} is not an image [rows, cols] or a table \
+                     [features] with one name per feature",
+                    self.kind, self.shape
+                ))
+            }
+        };
+        if input.features() != first_layer {
+            return Err(format!(
+                "input shape {:?} does not match the first layer's {first_layer} inputs",
+                self.shape
+            ));
+        }
+        match (&input, &self.standardize) {
+            (Input::Table { .. }, Some(s)) if s.features() != first_layer || !s.is_valid() => {
+                Err(format!(
+                    "input standardize has {} means and {} deviations for {first_layer} \
+                     features, or values that are not finite and positive",
+                    s.mean.len(),
+                    s.std.len()
+                ))
+            }
+            (Input::Table { .. }, None) => Err("a table input needs standardize".into()),
+            _ => Ok(input),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +153,8 @@ impl ModelCard {
     pub fn new(
         cfg: &TrainConfig,
         model: &Mlp,
-        shape: [usize; 2],
+        input: &Input,
+        scaling: Option<&Standardize>,
         data: std::collections::BTreeMap<String, DataRecord>,
         device: String,
     ) -> Self {
@@ -95,7 +170,7 @@ impl ModelCard {
                     .into(),
                 parameters: model::param_count(model.sizes()),
             },
-            input: InputSpec { shape, dtype: "uint8".into(), scale: 1.0 / 255.0 },
+            input: InputSpec::new(input, scaling),
             class_names: cfg.class_names.clone(),
             hyperparameters: serde_json::to_value(cfg).expect("config serialises"),
             versions: Versions {
@@ -235,7 +310,8 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<(Mlp, ModelCard)> {
 pub(crate) fn write_test_model(dir: &Path, hidden: usize) -> (Mlp, ModelCard) {
     let cfg = TrainConfig::default();
     let model = Mlp::glorot(&model::layer_sizes(784, &[hidden], 10), 1, Device::Cpu);
-    let card = ModelCard::new(&cfg, &model, [28, 28], Default::default(), "cpu".into());
+    let image = Input::Image { rows: 28, cols: 28 };
+    let card = ModelCard::new(&cfg, &model, &image, None, Default::default(), "cpu".into());
     let metrics = Metrics {
         epochs: vec![],
         test: None,

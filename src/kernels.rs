@@ -5,12 +5,19 @@
 //! arithmetic costs less. On the CPU these run here instead, in single loops the compiler
 //! vectorises, and only the matrix products go to libtorch (see `step.rs`).
 
-/// Copies the rows `idx` of a row-major `u8` matrix into `out` as floats times `scale`.
-pub fn gather_scaled(src: &[u8], width: usize, idx: &[i64], scale: f32, out: &mut [f32]) {
+/// Copies the rows `idx` of a row-major matrix (pixel bytes, or floats with `scale` 1) into
+/// `out` as floats times `scale`.
+pub fn gather_scaled<T: Copy + Into<f32>>(
+    src: &[T],
+    width: usize,
+    idx: &[i64],
+    scale: f32,
+    out: &mut [f32],
+) {
     for (row, &i) in out.chunks_exact_mut(width).zip(idx) {
         let from = &src[i as usize * width..][..width];
         for (o, &s) in row.iter_mut().zip(from) {
-            *o = s as f32 * scale;
+            *o = s.into() * scale;
         }
     }
 }

@@ -2,7 +2,8 @@
 //! `evaluation.json` and the pictures of [`crate::plots`].
 //!
 //! The evaluation uses the test data, or the validation data when the job has no test channel;
-//! with neither, only `training.png` and `samples.png` are written.
+//! with neither, only `training.png` and `samples.png` are written. The pictures of samples
+//! (`samples.png`, `predictions.png`) are drawn only where the data are images.
 
 use std::path::{Path, PathBuf};
 
@@ -44,15 +45,16 @@ pub struct Inputs<'a> {
 /// Writes `output/data/`'s files into `dir`; returns their paths.
 pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let t = inp.train;
-    let mut written = vec![
-        save_png(
+    let mut written = vec![save_png(dir, TRAINING_PNG, plots::training(inp.metrics)?)?];
+    match inp.train.images() {
+        Some((pixels, shape)) => written.push(save_png(
             dir,
             SAMPLES_PNG,
-            plots::samples(&t.images, &t.labels, (t.rows, t.cols), inp.class_names)?,
-        )?,
-        save_png(dir, TRAINING_PNG, plots::training(inp.metrics)?)?,
-    ];
+            plots::samples(pixels, &inp.train.labels, shape, inp.class_names)?,
+        )?),
+        // Nothing from an earlier run in the same folder may pass for this one's.
+        None => remove_stale(dir, &[SAMPLES_PNG, PREDICTIONS_PNG]),
+    }
 
     let target = match (inp.test, inp.validation) {
         (Some((set, score)), _) => Some(("test", set, score)),
@@ -67,15 +69,11 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
             "no test or validation data: {EVALUATION_FILE}, {PREDICTIONS_PNG} and {CONFUSION_PNG} \
              are not written"
         );
-        // Nothing from an earlier run in the same folder may pass for this one's.
-        for stale in [EVALUATION_FILE, PREDICTIONS_PNG, CONFUSION_PNG] {
-            let _ = std::fs::remove_file(dir.join(stale));
-        }
+        remove_stale(dir, &[EVALUATION_FILE, PREDICTIONS_PNG, CONFUSION_PNG]);
         return Ok(written);
     };
     let data = DeviceData::new(set, inp.device);
-    // DeviceData scales pixels by 1/255 (model.json's input.scale).
-    let predicted = evaluation::predict(inp.model, &data.images, 1.0 / 255.0);
+    let predicted = evaluation::predict(inp.model, &data.images, data.scale);
     let eval = Evaluation::new(
         name,
         &set.source,
@@ -94,12 +92,13 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     let path = dir.join(EVALUATION_FILE);
     write_json(&path, &eval)?;
     written.push(path);
-    let shape = (set.rows, set.cols);
-    written.push(save_png(
-        dir,
-        PREDICTIONS_PNG,
-        plots::predictions(&set.images, &set.labels, shape, &predicted, inp.class_names, name)?,
-    )?);
+    if let Some((pixels, shape)) = set.images() {
+        written.push(save_png(
+            dir,
+            PREDICTIONS_PNG,
+            plots::predictions(pixels, &set.labels, shape, &predicted, inp.class_names, name)?,
+        )?);
+    }
     written.push(save_png(
         dir,
         CONFUSION_PNG,
@@ -112,6 +111,12 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
         "evaluation"
     );
     Ok(written)
+}
+
+fn remove_stale(dir: &Path, names: &[&str]) {
+    for stale in names {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
 }
 
 fn save_png(dir: &Path, name: &str, picture: plots::Picture) -> Result<PathBuf> {

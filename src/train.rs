@@ -228,7 +228,7 @@ fn track_best(cfg: &TrainConfig, state: &mut TrainState, stats: &EpochStats) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::data::Dataset;
+    use crate::data::{Dataset, Format, Input, Values};
     use tch::Device;
 
     /// A learnable toy problem: the label is which quarter of the image is brightest.
@@ -249,7 +249,14 @@ pub(crate) mod tests {
             }
             labels.push(label);
         }
-        Dataset { images, labels, rows, cols, fingerprint: String::new(), source: "toy".into() }
+        Dataset {
+            values: Values::Bytes(images),
+            labels,
+            input: Input::Image { rows, cols },
+            format: Format::Idx,
+            fingerprint: String::new(),
+            source: "toy".into(),
+        }
     }
 
     fn cfg() -> TrainConfig {

@@ -217,14 +217,16 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: "num_classes",
-        help: "number of classes",
+        help: "number of classes (default: as many as class_names names, else the largest \
+               label + 1); labels beyond it are refused",
         values: Whole { lo: 2, hi: 256 },
-        default: "10",
+        default: "",
         set: |c, v| c.num_classes = v.usize(),
     },
     Key {
         name: "class_names",
-        help: "one name per class (default: the Fashion-MNIST names for 10 classes, else 0, 1, …)",
+        help: "one name per class (default: the Fashion-MNIST names for 10 classes of IDX \
+               images, else 0, 1, …)",
         values: Names,
         default: "",
         set: |c, v| c.class_names = v.names(),

@@ -110,20 +110,19 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The notebook's configuration: every key's default from [`KEYS`].
+    /// The notebook's configuration on Fashion-MNIST: every key's default from [`KEYS`], and
+    /// its 10 classes.
     fn default() -> Self {
-        let mut cfg = Self::unset();
-        for k in KEYS.iter().filter(|k| !k.default.is_empty()) {
-            k.apply(&mut cfg, k.default).expect("every default parses (a test checks)");
-        }
-        cfg.class_names = default_class_names(cfg.num_classes);
+        let mut cfg = Self::from_table();
+        cfg.num_classes = FASHION_MNIST_CLASSES.len();
+        cfg.class_names = default_class_names(cfg.num_classes, true);
         cfg
     }
 }
 
-/// Fashion-MNIST's names for 10 classes, else the labels as numbers.
-fn default_class_names(classes: usize) -> Vec<String> {
-    if classes == FASHION_MNIST_CLASSES.len() {
+/// Fashion-MNIST's names for 10 classes of IDX images, else the labels as numbers.
+fn default_class_names(classes: usize, idx: bool) -> Vec<String> {
+    if idx && classes == FASHION_MNIST_CLASSES.len() {
         FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
     } else {
         (0..classes).map(|i| i.to_string()).collect()
@@ -172,9 +171,33 @@ impl TrainConfig {
         }
     }
 
+    /// Every key's default from [`KEYS`]; the classes are left to [`Self::resolve_classes`].
+    fn from_table() -> Self {
+        let mut cfg = Self::unset();
+        for k in KEYS.iter().filter(|k| !k.default.is_empty()) {
+            k.apply(&mut cfg, k.default).expect("every default parses (a test checks)");
+        }
+        cfg
+    }
+
+    /// Settles the classes once the data is known: `num_classes` from `class_names` or the
+    /// largest label (`max_label`, over every channel), and names for them. Labels beyond an
+    /// explicit `num_classes` are refused by [`crate::data::check_labels`].
+    pub fn resolve_classes(&mut self, max_label: Option<u8>, idx: bool) {
+        if self.num_classes == 0 {
+            self.num_classes = match self.class_names.len() {
+                0 => max_label.map_or(2, |l| (l as usize + 1).max(2)),
+                n => n,
+            };
+        }
+        if self.class_names.is_empty() {
+            self.class_names = default_class_names(self.num_classes, idx);
+        }
+    }
+
     /// Parses SageMaker's hyperparameter map, checking every key and value.
     pub fn from_hyperparameters(map: &BTreeMap<String, String>) -> Result<Self> {
-        let mut cfg = Self::default();
+        let mut cfg = Self::from_table();
         let mut names = None;
         for (name, raw) in map.iter().filter(|(k, _)| !is_platform_key(k)) {
             let key = keys::key(name).ok_or_else(|| keys::unknown_key(name, raw))?;
@@ -185,19 +208,22 @@ impl TrainConfig {
         }
         match names {
             Some(raw)
-                if cfg.class_names.len() != cfg.num_classes
+                if (cfg.num_classes != 0 && cfg.class_names.len() != cfg.num_classes)
+                    || !(2..=256).contains(&cfg.class_names.len())
                     || cfg.class_names.iter().any(|n| n.is_empty()) =>
             {
                 return Err(user(format!(
-                    "hyperparameter \"class_names\": value {} names {} classes, but \
-                     num_classes is {} (allowed: one non-empty name per class)",
+                    "hyperparameter \"class_names\": value {} names {} classes{} (allowed: one \
+                     non-empty name per class, 2 to 256 classes)",
                     quote(raw),
                     cfg.class_names.len(),
-                    cfg.num_classes
+                    match cfg.num_classes {
+                        0 => String::new(),
+                        n => format!(", but num_classes is {n}"),
+                    }
                 )));
             }
-            Some(_) => {}
-            None => cfg.class_names = default_class_names(cfg.num_classes),
+            _ => {}
         }
         if cfg.lr_schedule == LrSchedule::Cosine && cfg.min_learning_rate >= cfg.learning_rate {
             return Err(user(format!(
@@ -278,7 +304,9 @@ mod tests {
 
     #[test]
     fn empty_map_gives_the_notebook_defaults() {
-        let cfg = parse(&[]).unwrap();
+        let mut cfg = parse(&[]).unwrap();
+        assert_eq!((cfg.num_classes, cfg.class_names.len()), (0, 0), "left to the data");
+        cfg.resolve_classes(Some(9), true);
         assert_eq!(cfg, TrainConfig::default());
         assert_eq!((cfg.epochs, cfg.batch_size, cfg.hidden_units.clone()), (5, 32, vec![128]));
         assert_eq!((cfg.learning_rate, cfg.epsilon), (0.001, 1e-7));
@@ -317,7 +345,7 @@ mod tests {
             ("_tuning_objective_metric", "\"validation:accuracy\""),
         ])
         .unwrap();
-        assert_eq!(cfg, TrainConfig::default());
+        assert_eq!(cfg, parse(&[]).unwrap());
     }
 
     #[test]
@@ -357,10 +385,29 @@ mod tests {
     fn class_names_must_match_num_classes() {
         let cfg = parse(&[("num_classes", "3"), ("class_names", "a, b ,c")]).unwrap();
         assert_eq!(cfg.class_names, ["a", "b", "c"]);
-        let cfg = parse(&[("num_classes", "3")]).unwrap();
-        assert_eq!(cfg.class_names, ["0", "1", "2"]);
+        let mut cfg = parse(&[("num_classes", "3")]).unwrap();
+        cfg.resolve_classes(Some(1), true);
+        assert_eq!(
+            (cfg.num_classes, cfg.class_names.clone()),
+            (3, vec!["0".into(), "1".into(), "2".into()])
+        );
         let e = err(&[("num_classes", "3"), ("class_names", "[\"a\", \"b\"]")]);
         assert!(e.contains("names 2 classes, but num_classes is 3"), "{e}");
+        let e = err(&[("class_names", "a")]);
+        assert!(e.contains("names 1 classes (allowed"), "{e}");
+    }
+
+    #[test]
+    fn classes_come_from_the_names_or_the_labels() {
+        let mut cfg = parse(&[("class_names", "x,y,z")]).unwrap();
+        cfg.resolve_classes(Some(1), false);
+        assert_eq!(cfg.num_classes, 3);
+        let mut cfg = parse(&[]).unwrap();
+        cfg.resolve_classes(Some(9), false);
+        assert_eq!((cfg.num_classes, cfg.class_names[9].as_str()), (10, "9"));
+        let mut cfg = parse(&[]).unwrap();
+        cfg.resolve_classes(Some(0), false);
+        assert_eq!(cfg.num_classes, 2);
     }
 
     #[test]
@@ -377,7 +424,9 @@ mod tests {
         // Writing every default out changes nothing.
         let all: Vec<(&str, &str)> =
             KEYS.iter().filter(|k| !k.default.is_empty()).map(|k| (k.name, k.default)).collect();
-        assert_eq!(parse(&all).unwrap(), d);
+        let mut cfg = parse(&all).unwrap();
+        cfg.resolve_classes(Some(9), true);
+        assert_eq!(cfg, d);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tracing::info;
 use super::Options;
 use crate::config::TrainConfig;
 use crate::contract::{ChannelSpec, InputMode, JobFiles, Paths};
-use crate::data::{self, Dataset};
+use crate::data::{self, Dataset, Format, Standardize};
 use crate::error::user;
 use crate::s3::{self, ChannelArg, Location, S3Uri};
 
@@ -24,12 +24,12 @@ pub const CHANNELS: [&str; 3] = ["train", "validation", "test"];
 /// Where one channel's data comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    /// A folder searched for one images and one labels file (SageMaker's File mode layout).
-    Dir(PathBuf),
+    /// A folder read in a format (SageMaker's File mode layout).
+    Dir(PathBuf, Format),
     /// An explicit pair of files (the installed Fashion-MNIST).
     Pair { images: PathBuf, labels: PathBuf },
     /// An S3 prefix, downloaded into `input/data/<channel>/` before any data is loaded.
-    S3(S3Uri),
+    S3(S3Uri, Format),
 }
 
 /// A job's data, loaded and checked.
@@ -38,6 +38,60 @@ pub struct Data {
     pub validation: Option<Dataset>,
     pub test: Option<Dataset>,
     pub load_seconds: f64,
+    /// Table features' standardization, once [`Data::standardize`] has applied it.
+    pub scaling: Option<Standardize>,
+}
+
+impl Data {
+    fn sets(&self) -> impl Iterator<Item = (&'static str, &Dataset)> {
+        [
+            ("train", Some(&self.train)),
+            ("validation", self.validation.as_ref()),
+            ("test", self.test.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, d)| d.map(|d| (n, d)))
+    }
+
+    /// The largest label of any channel.
+    pub fn max_label(&self) -> Option<u8> {
+        self.sets().filter_map(|(_, d)| d.max_label()).max()
+    }
+
+    /// Settles `cfg`'s classes from the data and checks every label against them. `max_label`
+    /// is over every host's data in a multi-host job.
+    pub fn resolve_classes(&self, cfg: &mut TrainConfig, max_label: Option<u8>) -> Result<()> {
+        cfg.resolve_classes(max_label, self.train.format.is_idx());
+        for (name, set) in self.sets() {
+            data::check_labels(name, set, cfg.num_classes)?;
+        }
+        info!(classes = cfg.num_classes, names = ?crate::error::clip(&cfg.class_names.join(", "), 200), "classes");
+        Ok(())
+    }
+
+    /// Standardizes table features with `stats` (the training data's, over every host), in
+    /// every channel; images are left as they are.
+    pub fn standardize(&mut self, stats: Option<&data::scale::Moments>) {
+        let Some(stats) = stats else { return };
+        let scaling = stats.standardize();
+        for set in [Some(&mut self.train), self.validation.as_mut(), self.test.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let data::Values::Floats(v) = &mut set.values {
+                scaling.apply(v);
+            }
+        }
+        self.scaling = Some(scaling);
+    }
+
+    /// This host's training features' statistics; `None` for images.
+    pub fn moments(&self) -> Option<data::scale::Moments> {
+        match &self.train.values {
+            data::Values::Floats(v) => Some(data::scale::Moments::of(v, self.train.features())),
+            data::Values::Bytes(_) => None,
+        }
+    }
 }
 
 /// Resolves, fetches and loads every channel, holds out `validation_split` when there is no
@@ -52,7 +106,7 @@ pub fn load(
     let sources = resolve_channels(paths, files, &opts.channels)?;
     let sources = fetch_remote(paths, sources, stop)?;
     let started = Instant::now();
-    let mut sets = load_channels(&sources, cfg.num_classes)?;
+    let mut sets = load_channels(&sources)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let train = sets.remove("train").expect("train channel resolved");
     let split_used = !sets.contains_key("validation") && cfg.validation_split > 0.0;
@@ -71,11 +125,12 @@ pub fn load(
         train = train.len(),
         validation = validation.as_ref().map_or(0, Dataset::len),
         test = test.as_ref().map_or(0, Dataset::len),
-        image = %format!("{}x{}", train.rows, train.cols),
+        input = %train.input.describe(),
+        format = %train.format,
         seconds = format!("{load_seconds:.3}"),
         "data loaded"
     );
-    Ok(Data { train, validation, test, load_seconds })
+    Ok(Data { train, validation, test, load_seconds, scaling: None })
 }
 
 /// Decides where each channel's data comes from: `inputdataconfig.json`'s channels, with the
@@ -122,13 +177,19 @@ pub fn resolve_channels(
             continue;
         }
         check_readable(&config_file, name, spec)?;
-        info!(channel = %name, mode = ?spec.mode(), distribution = spec.distribution.as_deref().unwrap_or("-"), "channel");
-        out.insert(name.clone(), Source::Dir(paths.channel_dir(name)));
+        let format = channel_format(&config_file, name, spec)?;
+        info!(channel = %name, mode = ?spec.mode(), distribution = spec.distribution.as_deref().unwrap_or("-"), %format, "channel");
+        out.insert(name.clone(), Source::Dir(paths.channel_dir(name), format));
     }
     for c in cli {
+        // A --channel that replaces a configured channel keeps its ContentType.
+        let format = match channels.get(&c.name) {
+            Some(spec) => channel_format(&config_file, &c.name, spec)?,
+            None => Format::Idx,
+        };
         let (source, from) = match &c.location {
-            Location::S3(uri) => (Source::S3(uri.clone()), uri.to_string()),
-            Location::Local(dir) => (Source::Dir(dir.clone()), dir.display().to_string()),
+            Location::S3(uri) => (Source::S3(uri.clone(), format), uri.to_string()),
+            Location::Local(dir) => (Source::Dir(dir.clone(), format), dir.display().to_string()),
         };
         info!(channel = %c.name, %from, "channel from the command line");
         out.insert(c.name.clone(), source);
@@ -173,6 +234,12 @@ fn check_readable(config_file: &Path, name: &str, spec: &ChannelSpec) -> Result<
     Ok(())
 }
 
+/// A channel's `ContentType`, parsed.
+fn channel_format(config_file: &Path, name: &str, spec: &ChannelSpec) -> Result<Format> {
+    Format::parse(spec.content_type.as_deref())
+        .map_err(|why| user(format!("{}: channel \"{name}\": {why}", config_file.display())))
+}
+
 /// With no channels configured the job trains on the installed Fashion-MNIST; data laid out
 /// under `input/data/` would then be silently ignored, which is never what was meant.
 fn refuse_unconfigured_data(paths: &Paths) -> Result<()> {
@@ -205,7 +272,7 @@ fn fetch_remote(
     let remote: Vec<s3::ChannelDownload> = sources
         .iter()
         .filter_map(|(name, src)| match src {
-            Source::S3(uri) => Some(s3::ChannelDownload {
+            Source::S3(uri, _) => Some(s3::ChannelDownload {
                 name: name.clone(),
                 uri: uri.clone(),
                 dir: paths.channel_dir(name),
@@ -220,9 +287,9 @@ fn fetch_remote(
     Ok(sources
         .into_iter()
         .map(|(name, src)| match src {
-            Source::S3(_) => {
+            Source::S3(_, format) => {
                 let dir = paths.channel_dir(&name);
-                (name, Source::Dir(dir))
+                (name, Source::Dir(dir, format))
             }
             other => (name, other),
         })
@@ -240,14 +307,11 @@ pub fn default_sources(dir: &Path) -> BTreeMap<String, Source> {
 
 /// Loads every channel, all at once: decompressing and hashing the files is most of the cost,
 /// and it runs in parallel.
-fn load_channels(
-    sources: &BTreeMap<String, Source>,
-    classes: usize,
-) -> Result<BTreeMap<String, Dataset>> {
+fn load_channels(sources: &BTreeMap<String, Source>) -> Result<BTreeMap<String, Dataset>> {
     std::thread::scope(|s| {
         let loads: Vec<_> = sources
             .iter()
-            .map(|(name, src)| (name, s.spawn(move || load_source(name, src, classes))))
+            .map(|(name, src)| (name, s.spawn(move || load_source(name, src))))
             .collect();
         loads
             .into_iter()
@@ -256,9 +320,9 @@ fn load_channels(
     })
 }
 
-fn load_source(name: &str, src: &Source, classes: usize) -> Result<Dataset> {
+fn load_source(name: &str, src: &Source) -> Result<Dataset> {
     match src {
-        Source::Dir(dir) => data::load_channel(name, dir, classes),
+        Source::Dir(dir, format) => data::load_channel(name, dir, *format),
         Source::Pair { images, labels } => {
             if !images.exists() {
                 return Err(user(format!(
@@ -267,9 +331,9 @@ fn load_source(name: &str, src: &Source, classes: usize) -> Result<Dataset> {
                     images.display()
                 )));
             }
-            data::load_pair(images, labels, classes)
+            data::load_pair(images, labels)
         }
-        Source::S3(uri) => {
+        Source::S3(uri, _) => {
             anyhow::bail!("channel \"{name}\": {uri} was not downloaded before loading")
         }
     }
@@ -327,10 +391,19 @@ fn check_shapes<'a>(
 ) -> Result<()> {
     for (name, set) in others {
         if let Some(d) = set {
-            if (d.rows, d.cols) != (train.rows, train.cols) {
+            let same = match (&d.input, &train.input) {
+                (data::Input::Table { names: a }, data::Input::Table { names: b }) => {
+                    a.len() == b.len()
+                }
+                (a, b) => a == b,
+            };
+            if !same {
                 return Err(user(format!(
-                    "channel \"{name}\" has {}x{} images but \"train\" has {}x{} ({})",
-                    d.rows, d.cols, train.rows, train.cols, d.source
+                    "channel \"{name}\" has {} but \"train\" has {} ({} and {})",
+                    d.input.describe(),
+                    train.input.describe(),
+                    d.source,
+                    train.source
                 )));
             }
         }

@@ -70,6 +70,32 @@ pub(super) fn shard_layout(g: &Group, train: &mut Dataset) -> Result<Layout> {
     Ok(Layout::Sharded(sizes))
 }
 
+/// With a sharded train channel: the largest label and the table features' statistics over
+/// every host's data, so that every host settles the same classes and standardizes alike.
+pub(super) fn combine_stats(
+    g: &Group,
+    data: &super::Data,
+) -> Result<(Option<u8>, Option<crate::data::scale::Moments>)> {
+    let mine = serde_json::to_vec(&(data.max_label(), data.moments()))?;
+    let mut label = None;
+    let mut moments: Option<crate::data::scale::Moments> = None;
+    for (rank, bytes) in g.all_gather_bytes(&mine)?.iter().enumerate() {
+        let (l, m): (Option<u8>, Option<crate::data::scale::Moments>) =
+            serde_json::from_slice(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} sent unreadable data statistics: {e}",
+                    g.topology.describe(rank)
+                )
+            })?;
+        label = label.max(l);
+        moments = match (moments, m) {
+            (Some(a), Some(b)) => Some(a.merge(&b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok((label, moments))
+}
+
 /// Rank 0's starting state (fresh, or resumed from its checkpoints) on every rank: initial
 /// weights, optimizer state and position all come from the first host, as in PyTorch DDP. A
 /// rank whose configuration or data differ refuses it, and every rank fails saying so.

@@ -64,7 +64,11 @@ fn check_memory(cfg: &TrainConfig, train: &Dataset, dev: tch::Device) -> Result<
     if dev != tch::Device::Cpu {
         return Ok(());
     }
-    let need = budget::estimate(cfg, train.len(), train.features());
+    let mut need = budget::estimate(cfg, train.len(), train.features());
+    if let crate::data::Values::Floats(_) = train.values {
+        // Table features are four bytes each, not one.
+        need.data = need.data.saturating_mul(4);
+    }
     match budget::room() {
         Some(room) => budget::check(cfg, &need, &room),
         None => Ok(()),
@@ -74,11 +78,11 @@ fn check_memory(cfg: &TrainConfig, train: &Dataset, dev: tch::Device) -> Result<
 /// Runs the job described under `paths` and `opts`.
 pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> {
     let files = JobFiles::read(paths)?;
-    let cfg = resolve_config(paths, &files)?;
+    let mut cfg = resolve_config(paths, &files)?;
     let topology = Topology::new(&files.resources, cfg.distributed_port);
     let sharded = topology.world() > 1 && hosts::train_is_sharded(paths, &files, &cfg)?;
     let mut data = channels::load(paths, &files, opts, &cfg, stop)?;
-    let placement = place(&cfg, &topology, &data.train)?;
+    check_augmentation(&cfg, &data.train)?;
     let group = join_group(&topology, &cfg, stop)?;
     let parallel = match &group {
         Some(g) if sharded => {
@@ -87,6 +91,9 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
         Some(g) => Some(Parallel { group: g, layout: Layout::Replicated }),
         None => None,
     };
+    prepare(&mut cfg, &mut data, parallel.as_ref())?;
+    let cfg = cfg;
+    let placement = place(&cfg, &topology, &data.train)?;
     let trained = train_stage(paths, &files, &cfg, &data, parallel.as_ref(), &placement, stop)?;
     if let Some(g) = &group {
         if let Some(worker) = hosts::finish(g, &topology, &trained.outcome.model)? {
@@ -114,13 +121,39 @@ fn resolve_config(paths: &Paths, files: &JobFiles) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-/// Picks the device and threads, and refuses a configuration the host's memory or the
-/// training images cannot take.
+/// Augmentation moves pixels: it needs images, and images it can move.
+fn check_augmentation(cfg: &TrainConfig, train: &Dataset) -> Result<()> {
+    match train.input.image() {
+        Some((rows, cols)) => Augment::new(cfg, rows, cols).map(drop),
+        None if cfg.augment_shift > 0 || cfg.augment_flip => Err(crate::error::user(format!(
+            "hyperparameters \"augment_shift\" ({}) and \"augment_flip\" ({}) move pixels, \
+             but channel \"train\" holds a table ({}): set augment_shift to 0 and augment_flip \
+             to false",
+            cfg.augment_shift,
+            cfg.augment_flip,
+            train.input.describe()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Settles the classes and standardizes table features, from every host's data when the
+/// training data is sharded over the hosts.
+fn prepare(cfg: &mut TrainConfig, data: &mut Data, parallel: Option<&Parallel>) -> Result<()> {
+    let (max_label, moments) = match parallel {
+        Some(Parallel { group, layout: Layout::Sharded(_) }) => hosts::combine_stats(group, data)?,
+        _ => (data.max_label(), data.moments()),
+    };
+    data.resolve_classes(cfg, max_label)?;
+    data.standardize(moments.as_ref());
+    Ok(())
+}
+
+/// Picks the device and threads, and refuses a configuration the host's memory cannot take.
 fn place(cfg: &TrainConfig, topology: &Topology, train: &Dataset) -> Result<Placement> {
     let placement = device::place(cfg.device, cfg.threads, topology.local_processes())?;
     info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
     check_memory(cfg, train, placement.device)?;
-    Augment::new(cfg, train.rows, train.cols)?;
     Ok(placement)
 }
 
@@ -289,8 +322,14 @@ fn write_results(
         }
     }
     let model = &trained.outcome.model;
-    let card =
-        ModelCard::new(cfg, model, [data.train.rows, data.train.cols], records, placement.name());
+    let card = ModelCard::new(
+        cfg,
+        model,
+        &data.train.input,
+        data.scaling.as_ref(),
+        records,
+        placement.name(),
+    );
     let metrics = Metrics {
         epochs: trained.epochs.clone(),
         test,

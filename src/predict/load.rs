@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use tch::Device;
 
 use crate::artifacts::{self, ModelCard, MAX_CARD, MODEL_FILE, WEIGHTS_FILE};
+use crate::data::Input;
 use crate::files;
 use crate::model::Mlp;
 
@@ -19,12 +20,19 @@ const MAX_WEIGHTS: u64 = 4 << 30;
 pub struct Loaded {
     pub model: Mlp,
     pub card: ModelCard,
+    /// The input `model.json` describes, checked against the weights.
+    pub input: Input,
 }
 
 impl Loaded {
-    /// The input's rows and columns, as `model.json` gives them.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.card.input.shape[0], self.card.input.shape[1])
+    /// Raw values (pixels 0–255, or table features as sent) → what the first layer takes:
+    /// table features standardized as in training, in place. Returns the scale the forward
+    /// pass multiplies by.
+    pub fn prepare(&self, values: &mut [f32]) -> f64 {
+        if let Some(s) = &self.card.input.standardize {
+            s.apply(values);
+        }
+        self.card.input.scale
     }
 }
 
@@ -39,16 +47,13 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
         artifacts::load_model_dir(dir.path(), Device::Cpu)
             .with_context(|| format!("model {}", path.display()))?
     };
-    let [rows, cols] = card.input.shape;
-    let features = model.sizes()[0];
-    if rows.checked_mul(cols) != Some(features) {
-        bail!("{MODEL_FILE}: input shape {rows}x{cols} does not match the first layer's {features} inputs");
-    }
+    let input =
+        card.input.input(model.sizes()[0]).map_err(|why| anyhow::anyhow!("{MODEL_FILE}: {why}"))?;
     let classes = *model.sizes().last().expect("a model has layers");
     if card.class_names.len() != classes {
         bail!("{MODEL_FILE}: {} class names for {classes} classes", card.class_names.len());
     }
-    Ok(Loaded { model, card })
+    Ok(Loaded { model, card, input })
 }
 
 /// Copies `model.json` and `model.safetensors` out of a tar archive (gzipped or not) into `dir`.

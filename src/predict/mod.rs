@@ -23,7 +23,9 @@ use serde::Serialize;
 use tch::Tensor;
 
 use crate::artifacts;
+use crate::data::Input;
 use crate::evaluation::{self, Predictions};
+use crate::files;
 
 pub use images::{decode_picture, read_images, Images};
 pub use load::{extract_model, load_model, Loaded};
@@ -49,6 +51,9 @@ INPUT: PNG or JPEG images of exactly the model's input size (28x28 for Fashion-M
   16-bit grayscale, light objects on a black background as in Fashion-MNIST (--invert for dark on
   light); or IDX image files, gzipped or not. Files are told apart by their content, not their
   names. Pixel values 0-255 are scaled by model.json's input.scale.
+  A model trained on a table (model.json's input.kind \"table\") reads CSV files instead: one
+  row of features per line, without the label, no header; each row's line is named FILE:LINE.
+  Features are standardized with model.json's input.standardize, as in training.
 
 ERRORS: a file that cannot be classified (missing, not an image, wrong size, not grayscale,
   truncated) gets one line on stderr, `error: FILE: why`; the other files are still classified.
@@ -113,6 +118,43 @@ pub fn classify(loaded: &Loaded, pixels: &[u8], invert: bool) -> Predictions {
         &t.view([count as i64, features as i64]),
         loaded.card.input.scale,
     )
+}
+
+/// Classifies rows of table features as sent (`count × features` floats): standardized as in
+/// training, then the same forward pass.
+pub fn classify_rows(loaded: &Loaded, mut rows: Vec<f32>) -> Predictions {
+    let features = loaded.model.sizes()[0];
+    let scale = loaded.prepare(&mut rows);
+    let count = rows.len() / features;
+    let t = Tensor::from_slice(&rows).view([count as i64, features as i64]);
+    evaluation::predict(&loaded.model, &t, scale)
+}
+
+/// The largest CSV file `predict` reads for a table model.
+const MAX_TABLE_FILE: u64 = 1 << 30;
+
+/// One input file's predictions, and how its samples are named: `file#i` for an IDX file's
+/// images, `file:line` for a CSV file's rows, the file alone for one picture.
+fn classify_file(
+    loaded: &Loaded,
+    path: &Path,
+    invert: bool,
+) -> std::result::Result<(Predictions, Option<char>), String> {
+    match &loaded.input {
+        Input::Image { rows, cols } => {
+            let images = read_images(path, (*rows, *cols))?;
+            let p = classify(loaded, &images.pixels, invert);
+            Ok((p, images.idx.then_some('#')))
+        }
+        Input::Table { names } => {
+            let text = files::read_limited(path, MAX_TABLE_FILE).map_err(|e| {
+                let m = format!("{e:#}");
+                m.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&m).to_string()
+            })?;
+            let rows = crate::data::table::rows_from_csv(&text, names.len())?;
+            Ok((classify_rows(loaded, rows), Some(':')))
+        }
+    }
 }
 
 /// Runs the command: loads the model, classifies, writes the lines to stdout or `out_file`;
@@ -216,20 +258,19 @@ pub fn run(
     }
     let mut summary = Summary { images: 0, files: opts.inputs.len(), failed: 0 };
     for path in &opts.inputs {
-        let images = match read_images(path, loaded.shape()) {
-            Ok(images) => images,
+        let (p, naming) = match classify_file(loaded, path, opts.invert) {
+            Ok(done) => done,
             Err(why) => {
                 summary.failed += 1;
                 let _ = writeln!(err, "error: {}: {why}", path.display());
                 continue;
             }
         };
-        let p = classify(loaded, &images.pixels, opts.invert);
         for i in 0..p.len() {
-            let source = if images.idx {
-                format!("{}#{i}", path.display())
-            } else {
-                path.display().to_string()
+            let source = match naming {
+                Some('#') => format!("{}#{i}", path.display()),
+                Some(_) => format!("{}:{}", path.display(), i + 1),
+                None => path.display().to_string(),
             };
             let line = Line {
                 source,

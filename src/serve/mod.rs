@@ -8,6 +8,7 @@
 //! forward pass.
 
 pub mod payload;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -147,9 +148,9 @@ struct Shared {
     stats: Stats,
 }
 
-/// The input size and class names of the loaded model.
+/// The input and class names of the loaded model.
 struct ModelInfo {
-    shape: (usize, usize),
+    input: crate::data::Input,
     class_names: Vec<String>,
 }
 
@@ -262,17 +263,18 @@ fn start_workers(
     let started = Instant::now();
     let loaded =
         predict::load_model(model).with_context(|| format!("loading model {}", model.display()))?;
-    let (rows, cols) = loaded.shape();
     // A forward pass before /ping says yes: a model that cannot answer must not go InService.
-    let probe = forward(&loaded, &Batch { pixels: vec![0.0; rows * cols], count: 1 });
-    anyhow::ensure!(probe.len() == 1, "the model gave no prediction for a probe image");
-    let info = ModelInfo { shape: (rows, cols), class_names: loaded.card.class_names.clone() };
+    let probe = forward(&loaded, &Batch { pixels: vec![0.0; loaded.input.features()], count: 1 });
+    anyhow::ensure!(probe.len() == 1, "the model gave no prediction for a probe input");
+    let info =
+        ModelInfo { input: loaded.input.clone(), class_names: loaded.card.class_names.clone() };
     let _ = shared.model.set(info);
     let queue = Arc::new(Mutex::new(queue));
     for i in 0..shared.settings.workers {
         let copy = Loaded {
             model: Mlp::from_flat(loaded.model.sizes(), loaded.model.flat.copy()),
             card: loaded.card.clone(),
+            input: loaded.input.clone(),
         };
         let queue = queue.clone();
         std::thread::Builder::new()
@@ -283,6 +285,7 @@ fn start_workers(
     info!(
         model = %model.display(),
         layers = ?loaded.model.sizes(),
+        input = %loaded.input.describe(),
         seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
         "model ready"
     );
@@ -299,11 +302,17 @@ fn work(loaded: &Loaded, queue: &Mutex<std::sync::mpsc::Receiver<Job>>) {
     }
 }
 
-/// The forward pass `predict` runs, on float pixels: the same operations, so the same bits.
+/// The forward pass `predict` runs, on float values: the same operations, so the same bits.
 fn forward(loaded: &Loaded, batch: &Batch) -> Predictions {
     let features = loaded.model.sizes()[0] as i64;
-    let t = Tensor::from_slice(&batch.pixels).view([batch.count as i64, features]);
-    evaluation::predict(&loaded.model, &t, loaded.card.input.scale)
+    let (t, scale) = if loaded.card.input.standardize.is_some() {
+        let mut values = batch.pixels.clone();
+        let scale = loaded.prepare(&mut values);
+        (Tensor::from_slice(&values), scale)
+    } else {
+        (Tensor::from_slice(&batch.pixels), loaded.card.input.scale)
+    };
+    evaluation::predict(&loaded.model, &t.view([batch.count as i64, features]), scale)
 }
 
 async fn shutdown_signal() {
@@ -397,9 +406,12 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
     let Some(model) = shared.model.get() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading");
     };
-    let shape = model.shape;
     // Decoding is CPU work, but bounded by the payload limit: a few milliseconds at most.
-    let batch = match payload::decode(input, &bytes, shape) {
+    let decoded = match &model.input {
+        crate::data::Input::Image { rows, cols } => payload::decode(input, &bytes, (*rows, *cols)),
+        crate::data::Input::Table { names } => table::decode(input, &bytes, names.len()),
+    };
+    let batch = match decoded {
         Ok(b) => b,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };

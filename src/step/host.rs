@@ -136,12 +136,33 @@ pub(super) fn small_layer(sizes: &[usize], i: usize, rows: usize) -> bool {
     rows * sizes[i] * sizes[i + 1] <= SMALL_LAYER_MACS
 }
 
+/// The training rows as host slices: image bytes, or table floats.
+enum Rows {
+    Bytes(HostTensor<u8>),
+    Floats(HostTensor<f32>),
+}
+
+impl Rows {
+    /// SAFETY: the caller guarantees `data` is never written while this lives (see
+    /// [`HostTensor::new`]).
+    unsafe fn new(data: &Tensor) -> Self {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            if data.kind() == tch::Kind::Float {
+                Rows::Floats(HostTensor::new(data.shallow_clone()))
+            } else {
+                Rows::Bytes(HostTensor::new(data.shallow_clone()))
+            }
+        }
+    }
+}
+
 /// The CPU fast path: libtorch for the large matrix products, Rust loops for the rest.
 pub struct HostStep<'a> {
     cfg: &'a TrainConfig,
     augment: Option<Augment>,
     sizes: Vec<usize>,
-    images: HostTensor<u8>,
+    images: Rows,
     labels: HostTensor<i64>,
     /// The model's parameters and this step's gradients (which `exchange` shares).
     params: Layers,
@@ -161,7 +182,11 @@ impl<'a> HostStep<'a> {
         state: &TrainState,
         group: Option<&'a Group>,
     ) -> Result<Self> {
-        let augment = Augment::new(cfg, data.shape.0, data.shape.1)?;
+        // Tables are never augmented (the job refuses the keys for them).
+        let augment = match data.shape {
+            Some((rows, cols)) => Augment::new(cfg, rows, cols)?,
+            None => None,
+        };
         let sizes = state.model.sizes().to_vec();
         let (grad_flat, _, exchange) = gradient_buffers(state, group);
         // SAFETY: the dataset is never written once loaded. The parameters are
@@ -170,7 +195,7 @@ impl<'a> HostStep<'a> {
         // all-reduce, which `step` runs while no slice of them is live.
         let (images, labels, params, grads) = unsafe {
             (
-                HostTensor::new(data.images.shallow_clone()),
+                Rows::new(&data.images),
                 HostTensor::new(data.labels.shallow_clone()),
                 Layers::new(state.model.flat.shallow_clone(), &sizes),
                 Layers::new(grad_flat, &sizes),
@@ -311,15 +336,18 @@ impl HostStep<'_> {
             buffers.len() - 1
         });
         let (b, width) = (&mut buffers[pos], self.sizes[0]);
-        let (images, scale) = (self.images.as_slice(), 1.0 / 255.0);
         let x = b.x.as_mut_slice();
-        match &self.augment {
-            None => kernels::gather_scaled(images, width, idx, scale, x),
-            Some(aug) => {
+        match (&self.images, &self.augment) {
+            (Rows::Floats(rows), _) => kernels::gather_scaled(rows.as_slice(), width, idx, 1.0, x),
+            (Rows::Bytes(pixels), None) => {
+                kernels::gather_scaled(pixels.as_slice(), width, idx, 1.0 / 255.0, x)
+            }
+            (Rows::Bytes(pixels), Some(aug)) => {
+                let images = pixels.as_slice();
                 let rows = (first, first + rows);
                 let moves = batch_moves(aug, self.cfg, (epoch, state.step), rows, batch);
                 for ((out, &i), m) in x.chunks_exact_mut(width).zip(idx).zip(moves) {
-                    aug.apply(&images[i as usize * width..][..width], m, scale, out);
+                    aug.apply(&images[i as usize * width..][..width], m, 1.0 / 255.0, out);
                 }
             }
         }
@@ -430,7 +458,12 @@ mod tests {
         assert!(moves.iter().any(|m| *m != Default::default()), "some row is moved");
         let mut want = vec![0f32; 16];
         for (r, &i) in idx.iter().enumerate() {
-            aug.apply(&ds.images[i as usize * 16..][..16], moves[r], 1.0 / 255.0, &mut want);
+            aug.apply(
+                &ds.images().unwrap().0[i as usize * 16..][..16],
+                moves[r],
+                1.0 / 255.0,
+                &mut want,
+            );
             assert_eq!(&b.x.as_slice()[r * 16..][..16], &want[..], "row {r}");
             assert_eq!(b.labels[r], ds.labels[i as usize] as i64, "row {r}");
         }

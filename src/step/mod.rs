@@ -158,7 +158,11 @@ impl<'a> TensorStep<'a> {
         group: Option<&'a Group>,
     ) -> Result<Self> {
         let (grad_flat, grads, exchange) = gradient_buffers(state, group);
-        let augment = Augment::new(cfg, data.shape.0, data.shape.1)?;
+        // Tables are never augmented (the job refuses the keys for them).
+        let augment = match data.shape {
+            Some((rows, cols)) => Augment::new(cfg, rows, cols)?,
+            None => None,
+        };
         Ok(Self { cfg, data, augment, grad_flat, grads, exchange })
     }
 

@@ -12,5 +12,6 @@ mod predict;
 mod reliability;
 mod s3;
 mod serve;
+mod tables;
 mod training;
 mod util;

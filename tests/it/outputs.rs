@@ -1,7 +1,7 @@
 //! `output/data/` after a job: evaluation.json and the pictures, checked against the numbers
 //! and the data they claim to show.
 
-use smtrain::data::load_channel;
+use smtrain::data::{load_channel, Format};
 use smtrain::plots::{self, Grid, Picture};
 
 use crate::predict::{predict_cmd, Lines};
@@ -85,7 +85,7 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     assert_eq!(eval["class_names"], card["class_names"]);
 
     // The matrix holds every test image once, its rows the true labels' counts.
-    let test = load_channel("test", &fixture("test"), 10).unwrap();
+    let test = load_channel("test", &fixture("test"), Format::Idx).unwrap();
     let matrix: Vec<Vec<u64>> = serde_json::from_value(eval["confusion_matrix"].clone()).unwrap();
     for (t, row) in matrix.iter().enumerate() {
         let support = test.labels.iter().filter(|&&l| l as usize == t).count() as u64;
@@ -108,7 +108,13 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     let img = png(&job, "predictions.png");
     assert_eq!(img.dimensions(), plots::PREDICTIONS.size(15));
     assert!(colours(&img) > 200, "{} colours", colours(&img));
-    assert_grid_shows(&img, plots::PREDICTIONS, plots::PREDICTIONS_IMAGE, &test.images, 15);
+    assert_grid_shows(
+        &img,
+        plots::PREDICTIONS,
+        plots::PREDICTIONS_IMAGE,
+        test.images().unwrap().0,
+        15,
+    );
     let mut wrong = 0;
     for i in 0..15 {
         let (cx, cy) = plots::PREDICTIONS.cell(i);
@@ -136,10 +142,10 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     }
 
     // samples.png: the first 25 training images.
-    let train = load_channel("train", &fixture("train"), 10).unwrap();
+    let train = load_channel("train", &fixture("train"), Format::Idx).unwrap();
     let img = png(&job, "samples.png");
     assert_eq!(img.dimensions(), plots::SAMPLES.size(25));
-    assert_grid_shows(&img, plots::SAMPLES, plots::SAMPLES_IMAGE, &train.images, 25);
+    assert_grid_shows(&img, plots::SAMPLES, plots::SAMPLES_IMAGE, train.images().unwrap().0, 25);
 
     // training.png: the training curves, no validation curve (there is no validation data).
     let img = png(&job, "training.png");

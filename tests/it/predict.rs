@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use smtrain::data::load_channel;
+use smtrain::data::{load_channel, Format};
 
 use crate::util::{fixture, Job, Run, BIN};
 
@@ -84,7 +84,7 @@ fn predict_on_the_test_set_reproduces_the_reported_test_accuracy_exactly() {
     let metrics = job.json("model/metrics.json");
     let reported = metrics["test"]["accuracy"].as_f64().unwrap();
     let lines = Lines::of(predict_cmd(&job.path("model")).arg(test_images()));
-    let test = load_channel("test", &fixture("test"), 10).unwrap();
+    let test = load_channel("test", &fixture("test"), Format::Idx).unwrap();
     assert_eq!(lines.0.len(), 200);
     let right = lines.classes().iter().zip(&test.labels).filter(|(&p, &l)| p == l as usize).count();
     assert_eq!(right as f64 / 200.0, reported);
@@ -158,17 +158,17 @@ fn a_model_tar_gz_and_an_output_file_give_the_same_predictions() {
 #[test]
 fn png_and_jpeg_files_are_classified_like_the_same_idx_images() {
     let job = trained();
-    let test = load_channel("test", &fixture("test"), 10).unwrap();
+    let test = load_channel("test", &fixture("test"), Format::Idx).unwrap();
     let idx = Lines::of(predict_cmd(&job.path("model")).arg(test_images()));
     let dir = tempfile::tempdir().unwrap();
     let mut args = Vec::new();
     for i in 0..4 {
         let p = dir.path().join(format!("img{i}.png"));
-        save_png(&p, &test.images[i * 784..(i + 1) * 784], 28, 28);
+        save_png(&p, &test.images().unwrap().0[i * 784..(i + 1) * 784], 28, 28);
         args.push(p);
     }
     let jpg = dir.path().join("photo.jpeg");
-    std::fs::write(&jpg, gray_jpeg(&test.images[..784])).unwrap();
+    std::fs::write(&jpg, gray_jpeg(&test.images().unwrap().0[..784])).unwrap();
     args.push(jpg.clone());
     let lines = Lines::of(predict_cmd(&job.path("model")).args(&args));
     assert_eq!(lines.0.len(), 5);
@@ -188,7 +188,7 @@ fn png_and_jpeg_files_are_classified_like_the_same_idx_images() {
     assert_eq!(lines.0[4]["class"], idx.0[0]["class"]);
 
     // --invert: a dark-on-light picture of image 0 reads as image 0.
-    let inverted: Vec<u8> = test.images[..784].iter().map(|&v| 255 - v).collect();
+    let inverted: Vec<u8> = test.images().unwrap().0[..784].iter().map(|&v| 255 - v).collect();
     let p = dir.path().join("inverted.png");
     save_png(&p, &inverted, 28, 28);
     let plain = Lines::of(predict_cmd(&job.path("model")).arg(&p));
@@ -200,18 +200,18 @@ fn png_and_jpeg_files_are_classified_like_the_same_idx_images() {
 #[test]
 fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
     let job = trained();
-    let test = load_channel("test", &fixture("test"), 10).unwrap();
+    let test = load_channel("test", &fixture("test"), Format::Idx).unwrap();
     let d = tempfile::tempdir().unwrap();
     let p = |name: &str| d.path().join(name);
-    save_png(&p("good.png"), &test.images[..784], 28, 28);
-    std::fs::write(p("good.jpg"), gray_jpeg(&test.images[784..2 * 784])).unwrap();
+    save_png(&p("good.png"), &test.images().unwrap().0[..784], 28, 28);
+    std::fs::write(p("good.jpg"), gray_jpeg(&test.images().unwrap().0[784..2 * 784])).unwrap();
     save_png(&p("big.png"), &[0u8; 32 * 32], 32, 32);
     write_png(&p("rgb.png"), &[7u8; 28 * 28 * 3], 28, 28, png::ColorType::Rgb);
     write_png(&p("alpha.png"), &[7u8; 28 * 28 * 2], 28, 28, png::ColorType::GrayscaleAlpha);
     let colour = jpeg(&[90u8; 28 * 28 * 3], 28, 28, jpeg_encoder::ColorType::Rgb);
     std::fs::write(p("colour.jpg"), colour).unwrap();
     std::fs::write(p("notes.png"), "these are notes, not a picture\n").unwrap();
-    let whole = gray_jpeg(&test.images[..784]);
+    let whole = gray_jpeg(&test.images().unwrap().0[..784]);
     // Cut inside the image data, as an interrupted download leaves it.
     std::fs::write(p("cut.jpg"), &whole[..whole.len() - 40]).unwrap();
     std::fs::write(p("empty.png"), "").unwrap();

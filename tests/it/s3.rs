@@ -188,7 +188,6 @@ fn real_fashion_mnist_round_trip_through_s3() {
     let test = load_pair(
         &Path::new(FASHION).join("t10k-images-idx3-ubyte.gz"),
         &Path::new(FASHION).join("t10k-labels-idx1-ubyte.gz"),
-        card.class_names.len(),
     )
     .unwrap();
     assert_eq!(test.len(), 10_000);

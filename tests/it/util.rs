@@ -12,6 +12,11 @@ pub fn fixture(channel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmnist-small").join(channel)
 }
 
+/// The real tables in `tests/fixtures/tables` (see `make_tables.py`), e.g. `wine-csv/train`.
+pub fn table_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tables").join(rel)
+}
+
 pub struct Job {
     dir: tempfile::TempDir,
 }
@@ -56,11 +61,30 @@ impl Job {
         self.write("input/config/inputdataconfig.json", serde_json::to_vec(&map).unwrap())
     }
 
+    /// Declares File-mode channels with their `ContentType`s.
+    pub fn typed_channels(&self, specs: &[(&str, &str)]) -> &Self {
+        let map: serde_json::Map<String, serde_json::Value> = specs
+            .iter()
+            .map(|(n, content_type)| {
+                let spec = serde_json::json!({"ContentType": content_type,
+                    "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
+                    "RecordWrapperType": "None"});
+                (n.to_string(), spec)
+            })
+            .collect();
+        self.write("input/config/inputdataconfig.json", serde_json::to_vec(&map).unwrap())
+    }
+
     /// Copies a fixture channel into `input/data/<channel>`.
     pub fn data(&self, channel: &str, from: &str) -> &Self {
+        self.data_from(channel, &fixture(from))
+    }
+
+    /// Copies the files of folder `from` into `input/data/<channel>`.
+    pub fn data_from(&self, channel: &str, from: &Path) -> &Self {
         let dst = self.path(&format!("input/data/{channel}"));
         std::fs::create_dir_all(&dst).unwrap();
-        for entry in std::fs::read_dir(fixture(from)).unwrap() {
+        for entry in std::fs::read_dir(from).unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
         }
