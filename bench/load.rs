@@ -85,7 +85,7 @@ fn child(variant: &str, dir: &Path) {
             let img = s.spawn(|| streaming_read_idx(i));
             (img.join().unwrap(), streaming_read_idx(l))
         });
-        Dataset::from_files(img.unwrap(), lab.unwrap(), 10).unwrap()
+        Dataset::from_files(img.unwrap(), lab.unwrap()).unwrap()
     };
     let (train, test) = (pair(dir, "train"), pair(dir, "t10k"));
     let cpu = cpu_seconds();

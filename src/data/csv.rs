@@ -328,7 +328,7 @@ mod tests {
     }
 
     fn err(r: Result<Dataset>) -> String {
-        format!("{:#}", r.err().expect("an error"))
+        format!("{:#}", r.expect_err("an error"))
     }
 
     #[test]

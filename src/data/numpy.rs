@@ -395,7 +395,7 @@ pub(crate) mod tests {
     }
 
     fn err(r: Result<Dataset>) -> String {
-        format!("{:#}", r.err().expect("an error"))
+        format!("{:#}", r.expect_err("an error"))
     }
 
     #[test]
