@@ -24,6 +24,7 @@ bench: build $(BENCH_VENV)/.complete
 	$(BENCH_PY) bench/run.py --bin "$(BIN)" --python "$(BENCH_PY)" \
 	  --gemm "cargo bench --locked --bench gemm -- THREADS BATCH" \
 	  --threads $(BENCH_THREADS) --reps $(BENCH_REPS) --batches $(BENCH_BATCHES)
+	$(MAKE) --no-print-directory bench-tables
 
 # Where one step's time goes, phase by phase (one thread, CPU time).
 bench-step: setup
@@ -110,3 +111,35 @@ QUALITY_ARGS ?=
 quality: build
 	$(PYTHON) bench/quality.py --bin "$(BIN)" --seeds $(QUALITY_SEEDS) \
 	  --ablation-seeds $(QUALITY_ABLATION_SEEDS) --threads $(BENCH_THREADS) $(QUALITY_ARGS)
+
+# Tables: scikit-learn (its bundled UCI sets), pandas and pyarrow in one venv, pinned in
+# bench/tables-requirements.txt; the stamp is written last, so an interrupted install is redone.
+TABLES_VENV := $(CACHE_DIR)/tables-venv-$(shell sha256sum bench/tables-requirements.txt | cut -c1-12)
+TABLES_PY := $(TABLES_VENV)/bin/python
+TABLES_STAMP := $(TABLES_VENV)/.complete
+
+$(TABLES_STAMP): bench/tables-requirements.txt
+	rm -rf "$(TABLES_VENV)"
+	$(PYTHON) -m venv "$(TABLES_VENV)"
+	"$(TABLES_PY)" -m pip install --quiet --disable-pip-version-check --no-deps \
+	  -r bench/tables-requirements.txt
+	touch "$@"
+
+.PHONY: tables-venv bench-tables quality-tables tables-fixtures
+tables-venv: $(TABLES_STAMP)
+
+# Loading Fashion-MNIST's training set as CSV and Parquet next to pandas and pyarrow, and an
+# epoch on a CSV channel next to the same images as IDX (bench/tables.py). Run it alone.
+bench-tables: build $(TABLES_STAMP)
+	cargo build --release --locked --bench tables
+	$(TABLES_PY) bench/tables.py --bin "$(BIN)" --loader "cargo bench --locked --bench tables --" \
+	  --work "$(CACHE_DIR)/bench-tables" --threads $(BENCH_THREADS) --reps $(BENCH_REPS)
+
+# Test accuracy on scikit-learn's UCI sets: ours next to MLPClassifier and LogisticRegression
+# on the same splits (bench/quality_tables.py).
+quality-tables: build $(TABLES_STAMP)
+	$(TABLES_PY) bench/quality_tables.py --bin "$(BIN)"
+
+# Remakes tests/fixtures/tables from scikit-learn's bundled sets (tests/fixtures/make_tables.py).
+tables-fixtures: $(TABLES_STAMP)
+	cd tests/fixtures && rm -rf tables && "$(TABLES_PY)" make_tables.py

@@ -36,6 +36,7 @@ pub fn read(channel: &str, dir: &Path, paths: &[PathBuf]) -> Result<Dataset> {
         // In memory, not read through the file: the columns are decoded by several threads at
         // once, and duplicated file handles would share one read position.
         let bytes = Bytes::from(files::read_limited(path, MAX_FILE)?);
+        hash.update(blake3::hash(&bytes).as_bytes());
         let reader = SerializedFileReader::new(bytes).map_err(|e| {
             user(format!("{}: is not a Parquet file this trainer can read: {e}", path.display()))
         })?;
@@ -56,18 +57,10 @@ pub fn read(channel: &str, dir: &Path, paths: &[PathBuf]) -> Result<Dataset> {
         for rg in 0..reader.num_row_groups() {
             read_row_group(&reader, rg, width, path, &mut values, &mut labels)?;
         }
-        hash.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
     }
-    hash.update(bytemuck_f32(&values));
-    hash.update(&labels);
     let names = names.unwrap_or_default();
     let source = format!("{} ({} Parquet files)", dir.display(), paths.len());
     Ok(table::dataset(Format::Parquet, names, values, labels, hash.finalize(), source))
-}
-
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: any f32 is four plain bytes; the slice covers exactly the same memory.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// The feature columns' names, after checking every column is one this trainer reads.
@@ -111,6 +104,37 @@ fn check_column(c: &ColumnDescriptor, path: &Path) -> Result<()> {
     Err(user(format!("{}: column {:?} {why}", path.display(), c.path().string())))
 }
 
+/// The row group's rows, row-major, being filled by several threads at once, each writing only
+/// its own columns' cells.
+#[derive(Clone, Copy)]
+struct Cells {
+    ptr: *mut f32,
+    rows: usize,
+    width: usize,
+}
+
+// SAFETY: the threads sharing a `Cells` write disjoint cells (each its own columns), and the
+// buffer outlives the scope they run in.
+unsafe impl Send for Cells {}
+// SAFETY: as for Send; nothing reads the cells until every writer has finished.
+unsafe impl Sync for Cells {}
+
+impl Cells {
+    /// Writes row `r` of feature column `c`; `false` past the last row.
+    ///
+    /// # Safety
+    /// Only one thread may write column `c`, and nothing may read the buffer meanwhile.
+    unsafe fn set(&self, r: usize, c: usize, v: f32) -> bool {
+        if r >= self.rows {
+            return false;
+        }
+        // SAFETY: r < rows and c < width keep the cell inside the buffer; the caller keeps
+        // the column to one writer.
+        unsafe { *self.ptr.add(r * self.width + c) = v };
+        true
+    }
+}
+
 /// Appends one row group's rows to `values` (row-major, `width` features) and `labels`.
 fn read_row_group(
     reader: &SerializedFileReader<Bytes>,
@@ -120,7 +144,12 @@ fn read_row_group(
     values: &mut Vec<f32>,
     labels: &mut Vec<u8>,
 ) -> Result<()> {
-    let label_col = read_column(reader, rg, 0).map_err(|why| column_error(reader, 0, path, why))?;
+    let mut label_col = Vec::new();
+    read_column(reader, rg, 0, &mut |_, v| {
+        label_col.push(v);
+        true
+    })
+    .map_err(|why| column_error(reader, 0, path, why))?;
     let rows = label_col.len();
     let first = labels.len();
     for (i, &v) in label_col.iter().enumerate() {
@@ -136,65 +165,60 @@ fn read_row_group(
     }
     let start = values.len();
     values.resize(start + rows * width, 0.0);
-    let out = &mut values[start..];
+    let cells = Cells { ptr: values[start..].as_mut_ptr(), rows, width };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = width.div_ceil(cores);
-    let results: Vec<Result<(), anyhow::Error>> = std::thread::scope(|s| {
+    let per = width.div_ceil(cores).max(1);
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..width)
-            .step_by(per.max(1))
+            .step_by(per)
             .map(|lo| {
-                let cols = lo..(lo + per).min(width);
-                s.spawn(move || -> Result<Vec<(usize, Vec<f64>)>, anyhow::Error> {
-                    cols.map(|c| {
-                        read_column(reader, rg, c + 1)
-                            .map(|v| (c, v))
-                            .map_err(|why| column_error(reader, c + 1, path, why))
-                    })
-                    .collect()
+                s.spawn(move || -> Result<()> {
+                    for c in lo..(lo + per).min(width) {
+                        fill_column(reader, rg, c, cells, path)?;
+                    }
+                    Ok(())
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                let cols = h.join().expect("Parquet reader panicked")?;
-                place(cols, rows, width, out, reader, path)
-            })
-            .collect()
-    });
-    results.into_iter().collect()
+        handles.into_iter().try_for_each(|h| h.join().expect("Parquet reader panicked"))
+    })
 }
 
-/// Writes decoded columns into their places in the row-major table.
-fn place(
-    cols: Vec<(usize, Vec<f64>)>,
-    rows: usize,
-    width: usize,
-    out: &mut [f32],
+/// Decodes feature column `c` straight into its cells, checking its length and values.
+fn fill_column(
     reader: &SerializedFileReader<Bytes>,
+    rg: usize,
+    c: usize,
+    cells: Cells,
     path: &Path,
 ) -> Result<()> {
-    for (c, col) in cols {
-        if col.len() != rows {
-            return Err(user(format!(
-                "{}: column {:?} has {} values in a row group of {rows} rows",
-                path.display(),
-                name(reader, c + 1),
-                col.len()
-            )));
+    let mut bad = None;
+    let got = read_column(reader, rg, c + 1, &mut |r, v| {
+        let x = v as f32;
+        if !x.is_finite() {
+            bad = Some((r, v));
+            return false;
         }
-        for (r, v) in col.into_iter().enumerate() {
-            let x = v as f32;
-            if !x.is_finite() {
-                return Err(user(format!(
-                    "{}: row {}: column {:?} is {v}; only finite numbers are allowed",
-                    path.display(),
-                    r + 1,
-                    name(reader, c + 1)
-                )));
-            }
-            out[r * width + c] = x;
-        }
+        // SAFETY: this thread is column c's only writer (read_row_group splits the columns),
+        // and nothing reads the cells until the scope ends.
+        unsafe { cells.set(r, c, x) }
+    })
+    .map_err(|why| column_error(reader, c + 1, path, why))?;
+    if let Some((r, v)) = bad {
+        return Err(user(format!(
+            "{}: row {}: column {:?} is {v}; only finite numbers are allowed",
+            path.display(),
+            r + 1,
+            name(reader, c + 1)
+        )));
+    }
+    if got != cells.rows {
+        return Err(user(format!(
+            "{}: column {:?} has {got} values in a row group of {} rows",
+            path.display(),
+            name(reader, c + 1),
+            cells.rows
+        )));
     }
     Ok(())
 }
@@ -212,23 +236,25 @@ fn column_error(
     user(format!("{}: column {:?}: {why}", path.display(), name(reader, c)))
 }
 
-/// One column of one row group, as numbers; nulls are refused.
+/// One column of one row group, each value as a number to `sink(row, value)` (which says
+/// whether to go on); nulls are refused. Returns how many values there were.
 fn read_column(
     reader: &SerializedFileReader<Bytes>,
     rg: usize,
     c: usize,
-) -> Result<Vec<f64>, String> {
+    sink: &mut dyn FnMut(usize, f64) -> bool,
+) -> Result<usize, String> {
     let group = reader.get_row_group(rg).map_err(|e| format!("cannot be read: {e}"))?;
     let column = group.get_column_reader(c).map_err(|e| format!("cannot be read: {e}"))?;
     let nullable = group.metadata().column(c).column_descr().max_def_level() > 0;
     match column {
         ColumnReader::BoolColumnReader(mut r) => {
-            drain(&mut r, nullable, |b| f64::from(u8::from(b)))
+            drain(&mut r, nullable, |b| f64::from(u8::from(b)), sink)
         }
-        ColumnReader::Int32ColumnReader(mut r) => drain(&mut r, nullable, f64::from),
-        ColumnReader::Int64ColumnReader(mut r) => drain(&mut r, nullable, |v| v as f64),
-        ColumnReader::FloatColumnReader(mut r) => drain(&mut r, nullable, f64::from),
-        ColumnReader::DoubleColumnReader(mut r) => drain(&mut r, nullable, |v| v),
+        ColumnReader::Int32ColumnReader(mut r) => drain(&mut r, nullable, f64::from, sink),
+        ColumnReader::Int64ColumnReader(mut r) => drain(&mut r, nullable, |v| v as f64, sink),
+        ColumnReader::FloatColumnReader(mut r) => drain(&mut r, nullable, f64::from, sink),
+        ColumnReader::DoubleColumnReader(mut r) => drain(&mut r, nullable, |v| v, sink),
         _ => Err("is not numeric".into()),
     }
 }
@@ -238,11 +264,12 @@ fn drain<T: DataType>(
     r: &mut ColumnReaderImpl<T>,
     nullable: bool,
     convert: impl Fn(T::T) -> f64,
-) -> Result<Vec<f64>, String>
+    sink: &mut dyn FnMut(usize, f64) -> bool,
+) -> Result<usize, String>
 where
     T::T: Copy,
 {
-    let mut out = Vec::new();
+    let mut n = 0;
     let (mut buf, mut defs) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
     loop {
         buf.clear();
@@ -251,14 +278,19 @@ where
             .read_records(BATCH, nullable.then_some(&mut defs), None, &mut buf)
             .map_err(|e| format!("cannot be read: {e}"))?;
         if nullable && read < levels {
-            let at = out.len() + defs.iter().position(|&d| d == 0).unwrap_or(0) + 1;
+            let at = n + defs.iter().position(|&d| d == 0).unwrap_or(0) + 1;
             return Err(format!(
                 "has a null value (row {at} of its row group); fill or drop missing values first"
             ));
         }
-        out.extend(buf.iter().map(|&v| convert(v)));
+        for &v in &buf {
+            if !sink(n, convert(v)) {
+                return Ok(n + 1);
+            }
+            n += 1;
+        }
         if records == 0 {
-            return Ok(out);
+            return Ok(n);
         }
     }
 }
