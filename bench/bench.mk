@@ -123,6 +123,7 @@ $(TABLES_STAMP): bench/tables-requirements.txt
 	$(PYTHON) -m venv "$(TABLES_VENV)"
 	"$(TABLES_PY)" -m pip install --quiet --disable-pip-version-check --no-deps \
 	  -r bench/tables-requirements.txt
+	"$(TABLES_PY)" -m pip check --disable-pip-version-check
 	touch "$@"
 
 .PHONY: tables-venv bench-tables quality-tables tables-fixtures
