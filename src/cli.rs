@@ -140,7 +140,8 @@ fn after_help() -> String {
   input/data/<channel>/               one IDX images file and one IDX labels file, gzipped
                                       or not, found by header in any sub-folder
   checkpoints/                        resumable state, every checkpoint_interval epochs and
-                                      on SIGTERM; the next run resumes from it
+                                      on SIGTERM; the next run resumes from it unless
+                                      start_fresh is true
   model/                              model.safetensors, model.json, metrics.json
   output/failure                      why a job failed, one line of at most 1024 bytes
                                       starting ClientError: (your input; exit 1),
