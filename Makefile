@@ -37,7 +37,7 @@ TEST_TARGETS :=
 -include docker/docker.mk tests/s3-server.mk infra/infra.mk bench/bench.mk
 
 help:
-	@echo "make train   set up, build, and train on the real Fashion-MNIST (artifacts in .run/model)"
+	@echo "make train   set up, build, and train afresh on the real Fashion-MNIST (artifacts in .run/model)"
 	@echo "make train-recipe  the same with the dense recipe of docs/recipe.md (.run-recipe/model)"
 	@echo "make test    set up, build, and run every test"
 	@echo "make lint    cargo fmt --check and clippy -D warnings"
@@ -67,8 +67,10 @@ setup: $(DATA_STAMP) $(GLOO_STAMP) $(TORCH_STAMP)
 build: setup
 	cargo build --release --locked
 
+# Each run trains afresh: an earlier run's checkpoints would otherwise be resumed (a finished
+# one trains no epoch) or, with other hyperparameters, refused.
 train: build
-	rm -rf "$(RUN_DIR)/model" "$(RUN_DIR)/output"
+	rm -rf "$(RUN_DIR)/model" "$(RUN_DIR)/output" "$(RUN_DIR)/checkpoints"
 	$(BIN) train --base-dir "$(RUN_DIR)"
 	@echo "model: $(RUN_DIR)/model"
 
@@ -76,7 +78,7 @@ train: build
 # in its own /opt/ml tree so that `make train` keeps the notebook's defaults.
 RECIPE_DIR ?= $(CURDIR)/.run-recipe
 train-recipe: build
-	rm -rf "$(RECIPE_DIR)/model" "$(RECIPE_DIR)/output"
+	rm -rf "$(RECIPE_DIR)/model" "$(RECIPE_DIR)/output" "$(RECIPE_DIR)/checkpoints"
 	mkdir -p "$(RECIPE_DIR)/input/config"
 	cp infra/recipe-hyperparameters.json "$(RECIPE_DIR)/input/config/hyperparameters.json"
 	$(BIN) train --base-dir "$(RECIPE_DIR)"

@@ -496,4 +496,62 @@ mod tests {
         assert!(back.state.order.is_none());
         assert!(back.state.model.flat.equal(&state.model.flat));
     }
+
+    /// The metrics so far and the best loss come back bit for bit, so that a resumed run's
+    /// `metrics.json` and early-stopping decisions are an uninterrupted run's.
+    #[test]
+    fn a_checkpoint_keeps_every_f64_exactly() {
+        let cfg = TrainConfig {
+            num_classes: 4,
+            hidden_units: vec![8],
+            epochs: 2000,
+            ..TrainConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = TrainState::new(&cfg, 16, Device::Cpu);
+        // Values with all 17 significant digits in use, as a loss averaged over an epoch has.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 2.5
+        };
+        let metrics: Vec<EpochMetrics> = (1..=2000)
+            .map(|epoch| EpochMetrics {
+                epoch,
+                learning_rate: next() / 1000.0,
+                train_loss: next(),
+                train_accuracy: next() / 2.5,
+                validation_loss: Some(next()),
+                validation_accuracy: Some(next() / 2.5),
+                seconds: next(),
+                samples_per_second: next() * 1e5,
+            })
+            .collect();
+        state.epoch = metrics.len();
+        state.best = Some(Best { loss: next(), epoch: 7, params: state.model.flat.copy() });
+        let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", 64, 2).unwrap();
+        ck.save(&state, &metrics).unwrap();
+        let back = load_latest(dir.path(), &cfg, "fp", 64, 16, Device::Cpu).unwrap().unwrap();
+        let bits = |m: &[EpochMetrics]| -> Vec<u64> {
+            m.iter()
+                .flat_map(|e| {
+                    [
+                        e.learning_rate,
+                        e.train_loss,
+                        e.train_accuracy,
+                        e.validation_loss.unwrap(),
+                        e.validation_accuracy.unwrap(),
+                        e.seconds,
+                        e.samples_per_second,
+                    ]
+                })
+                .map(f64::to_bits)
+                .collect()
+        };
+        let (got, want) = (bits(&back.metrics), bits(&metrics));
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!((got.len(), differ), (want.len(), 0), "values that came back otherwise");
+        let best = |s: &TrainState| s.best.as_ref().unwrap().loss.to_bits();
+        assert_eq!(best(&back.state), best(&state));
+    }
 }

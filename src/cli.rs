@@ -25,6 +25,9 @@ pub const EXIT_INTERNAL_ERROR: u8 = 2;
 /// Exit code after SIGTERM/SIGINT (128 + SIGTERM), as shells report a terminated process.
 pub const EXIT_STOPPED: u8 = 143;
 
+/// What `-h` (the short help) adds, at the top level and after `train`.
+const SHORT_HELP_HINT: &str = "Run `train --help` for the whole contract and every hyperparameter.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "train",
@@ -32,7 +35,7 @@ pub const EXIT_STOPPED: u8 = 143;
     about = "SageMaker training container: trains a dense network on Fashion-MNIST-style IDX data with libtorch",
     long_about = None,
     after_long_help = after_help(),
-    after_help = "Run `train --help` for the whole contract and every hyperparameter."
+    after_help = SHORT_HELP_HINT
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -73,6 +76,8 @@ impl TrainArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train (the default; SageMaker runs `IMAGE train`).
+    // SageMaker's `IMAGE train --help` lands here: the same contract as `train --help`.
+    #[command(after_long_help = after_help(), after_help = SHORT_HELP_HINT)]
     Train(TrainArgs),
     /// Classify images with a trained model: one JSON line per image on stdout.
     #[command(after_long_help = predict::HELP)]
@@ -124,11 +129,19 @@ fn after_help() -> String {
                                       sagemaker_* and _tuning* keys are ignored)
   input/config/inputdataconfig.json   channels: train (required), validation (optional,
                                       scored every epoch), test (optional, scored at the end);
-                                      File or FastFile mode. No file: the installed
-                                      Fashion-MNIST in /usr/share/datasets/fashion-mnist
-  input/config/resourceconfig.json    hosts; only hosts[0] trains and writes the model
+                                      File or FastFile mode. No file, or no channels: the
+                                      folders train, validation and test in input/data/ are
+                                      the channels (anything else there fails the job); with
+                                      input/data/ empty, the installed Fashion-MNIST in
+                                      /usr/share/datasets/fashion-mnist
+  input/config/resourceconfig.json    hosts; every host trains, data-parallel; only hosts[0]
+                                      writes the model
+  input/config/checkpointconfig.json  its LocalPath, when present, replaces checkpoints/
   input/data/<channel>/               one IDX images file and one IDX labels file, gzipped
                                       or not, found by header in any sub-folder
+  checkpoints/                        resumable state, every checkpoint_interval epochs and
+                                      on SIGTERM; the next run resumes from it unless
+                                      start_fresh is true
   model/                              model.safetensors, model.json, metrics.json
   output/failure                      why a job failed, one line of at most 1024 bytes
                                       starting ClientError: (your input; exit 1),

@@ -1,5 +1,6 @@
-//! Where each channel's data comes from (`inputdataconfig.json`, `--channel`, S3, the installed
-//! Fashion-MNIST), loading it, and the checks that it leaves something to train on and score.
+//! Where each channel's data comes from (`inputdataconfig.json`, `--channel`, S3, the folders in
+//! `input/data/`, the installed Fashion-MNIST), loading it, and the checks that it leaves
+//! something to train on and score.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,7 +135,8 @@ pub fn load(
 }
 
 /// Decides where each channel's data comes from: `inputdataconfig.json`'s channels, with the
-/// command line's `--channel`s added or replacing those of the same name.
+/// command line's `--channel`s added or replacing those of the same name; with neither, the
+/// channel folders in `input/data/`, or, with none there, the installed Fashion-MNIST.
 pub fn resolve_channels(
     paths: &Paths,
     files: &JobFiles,
@@ -144,10 +146,13 @@ pub fn resolve_channels(
     let empty = Default::default();
     let channels = files.input_data.as_ref().unwrap_or(&empty);
     if channels.is_empty() && cli.is_empty() {
-        refuse_unconfigured_data(paths)?;
+        if let Some(found) = data_dir_channels(paths)? {
+            return Ok(found);
+        }
         info!(
             dir = DEFAULT_DATA_DIR,
-            "no channels configured: training on the installed Fashion-MNIST"
+            "no channels configured and input/data is empty: training on the installed \
+             Fashion-MNIST"
         );
         return Ok(default_sources(Path::new(DEFAULT_DATA_DIR)));
     }
@@ -240,26 +245,60 @@ fn channel_format(config_file: &Path, name: &str, spec: &ChannelSpec) -> Result<
         .map_err(|why| user(format!("{}: channel \"{name}\": {why}", config_file.display())))
 }
 
-/// With no channels configured the job trains on the installed Fashion-MNIST; data laid out
-/// under `input/data/` would then be silently ignored, which is never what was meant.
-fn refuse_unconfigured_data(paths: &Paths) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(paths.data_dir()) else { return Ok(()) };
-    let mut found: Vec<String> = entries
+/// With no channels configured, the folders `train`, `validation` and `test` in `input/data/`
+/// are the channels: what `docker run -v DIR:/opt/ml` with data laid out there means. `None`
+/// when `input/data/` is missing or empty. Anything else there is refused rather than ignored.
+fn data_dir_channels(paths: &Paths) -> Result<Option<BTreeMap<String, Source>>> {
+    let dir = paths.data_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(user(format!("{}: cannot be listed: {e}", dir.display()))),
+    };
+    let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
         .collect();
-    if found.is_empty() {
-        return Ok(());
+    if names.is_empty() {
+        return Ok(None);
     }
-    found.sort();
-    Err(user(format!(
-        "{} configures no channels, but {} holds {}: declare the channels there (or pass \
-         --channel), or remove that data to train on the installed Fashion-MNIST",
-        paths.input_data_config().display(),
-        paths.data_dir().display(),
-        crate::error::clip(&found.join(", "), 200)
-    )))
+    names.sort();
+    let stray: Vec<String> = names
+        .iter()
+        .filter_map(|n| match (CHANNELS.contains(&n.as_str()), dir.join(n).is_dir()) {
+            (true, true) => None,
+            (true, false) => Some(format!("{n} (not a folder)")),
+            (false, _) => Some(crate::error::quote(n)),
+        })
+        .collect();
+    let rule = "with no channels configured, the channels are the folders train (required), \
+                validation and test found there";
+    if !stray.is_empty() {
+        return Err(user(format!(
+            "{}: holds {}, which this trainer does not read: {rule}; move or remove the rest",
+            dir.display(),
+            crate::error::clip(&stray.join(", "), 200)
+        )));
+    }
+    if !names.iter().any(|n| n == "train") {
+        return Err(user(format!(
+            "{}: holds {} but no train folder: {rule}",
+            dir.display(),
+            names.join(", ")
+        )));
+    }
+    info!(
+        dir = %dir.display(),
+        channels = ?names,
+        "no channels configured: training on the channel folders in input/data"
+    );
+    Ok(Some(
+        names
+            .into_iter()
+            .map(|n| (n.clone(), Source::Dir(paths.channel_dir(&n), Format::Idx)))
+            .collect(),
+    ))
 }
 
 /// Downloads the channels that live in S3 into their `input/data/<channel>/` folders, all

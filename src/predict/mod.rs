@@ -32,10 +32,11 @@ pub use load::{extract_model, load_model, Loaded};
 
 /// Every input was classified.
 pub const EXIT_OK: u8 = 0;
-/// Some inputs could not be classified (each named on stderr); the others' lines were written.
+/// One or more inputs could not be classified (each named on stderr), all of them included;
+/// the others' lines were written.
 pub const EXIT_SOME_FAILED: u8 = 1;
-/// Nothing was classified: the model could not be loaded, the options are wrong, or the output
-/// could not be written.
+/// The command itself failed: the model could not be loaded, the options are wrong, or the
+/// output could not be written.
 pub const EXIT_FAILED: u8 = 2;
 
 /// The closing part of `train predict --help`.
@@ -59,9 +60,9 @@ ERRORS: a file that cannot be classified (missing, not an image, wrong size, not
   truncated) gets one line on stderr, `error: FILE: why`; the other files are still classified.
   A summary line follows on stderr.
 
-EXIT CODES: 0 every image classified; 1 some files could not be classified (the others' lines
-  were written); 2 nothing was classified: the model could not be loaded, the options are wrong
-  or the output could not be written.";
+EXIT CODES: 0 every image classified; 1 one or more files, up to all of them, could not be
+  classified (the others' lines were written); 2 the command failed: the model could not be
+  loaded, the options are wrong or the output could not be written.";
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -44,7 +44,8 @@ REQUEST (Content-Type; pixel values 0-255, light objects on black, as Fashion-MN
                               numbers or 28 lists of 28 (the model's input size)
   application/jsonlines       one IMAGE per line
   text/csv                    one image per line, 784 values, no header
-  application/x-npy           a .npy array, uint8 or float32, (N,28,28) or (N,784)
+  application/x-npy           a .npy array, uint8 or float32, (N,28,28) or (N,784), or
+                              one image as (28,28) or (784,)
   image/png, image/jpeg, application/x-image
                               one grayscale picture of the model's input size
 
@@ -54,9 +55,11 @@ RESPONSE (Accept; default application/json):
   application/jsonlines       one {\"class\", \"class_name\", \"probabilities\"} object per line
   text/csv                    one line per image: class,p0,p1,...
 
-ERRORS (a JSON body {\"error\": \"...\"}): 400 bad image (which one, what was expected), 406
-  unknown Accept, 413 over the payload limit, 415 unknown Content-Type, 503 queue full or not
-  ready. SIGTERM stops accepting, answers what is in flight and exits 0.
+ERRORS (a JSON body {\"error\": \"...\", \"status\": N}): 400 bad image (which one, what was
+  expected), 404 unknown path, 405 method not allowed (with an Allow header), 406 unknown
+  Accept, 413 over the payload limit, 415 unknown Content-Type, 503 queue full, not ready, or
+  no worker answered within 55 s (inside SageMaker's 60 s). SIGTERM stops accepting, answers
+  what is in flight and exits 0.
 
 ENVIRONMENT:
   SAGEMAKER_BIND_TO_PORT              port (default 8080)
@@ -68,6 +71,10 @@ ENVIRONMENT:
   SMTRAIN_SERVE_WORKERS               forward-pass threads (default: one per core, at most 8)
   SMTRAIN_SERVE_QUEUE                 requests waiting for a worker before 503 (default 64)
   SMTRAIN_SERVE_SUMMARY_SECONDS       seconds between the info-level summaries (default 60)";
+
+/// How long a request may wait for its forward pass before it is answered 503: inside the 60 s
+/// SageMaker gives an invocation. `HELP` states it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(55);
 
 /// How the server runs, from the environment.
 #[derive(Debug, Clone)]
@@ -249,6 +256,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
         .route("/execution-parameters", get(execution_parameters))
+        // After the routes: it applies to those already added. axum keeps the Allow header.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .with_state(shared)
         // The body is read with our own limit, to answer 413 in JSON.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -349,6 +359,26 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{}: no such path; this server answers /ping, /invocations and /execution-parameters",
+            crate::error::quote(uri.path())
+        ),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} {}: not allowed; the Allow header lists the methods that are",
+            crate::error::quote(uri.path())
+        ),
+    )
+}
+
 async fn invocations(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -419,7 +449,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
     if shared.jobs.try_send(Job { batch, reply }).is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting; retry shortly");
     }
-    let predictions = match tokio::time::timeout(Duration::from_secs(55), answer).await {
+    let predictions = match tokio::time::timeout(ANSWER_WITHIN, answer).await {
         Ok(Ok(p)) => p,
         _ => return error(StatusCode::SERVICE_UNAVAILABLE, "no worker answered in time"),
     };
@@ -455,5 +485,34 @@ mod tests {
         let e = Settings::from_lookup(env(&[("SAGEMAKER_BIND_TO_PORT", "0")])).unwrap_err();
         assert!(e.to_string().contains("SAGEMAKER_BIND_TO_PORT=\"0\""), "{e}");
         assert!(Settings::from_lookup(env(&[("SAGEMAKER_BATCH_STRATEGY", "ALL")])).is_err());
+    }
+
+    /// docs/serving.md says `train serve --help` lists everything it describes: every
+    /// variable, status, content type and `.npy` shape it names, and the time limit.
+    #[test]
+    fn help_lists_what_the_serving_doc_describes() {
+        let doc =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/serving.md"))
+                .unwrap();
+        let doc = &doc[..doc.find("## Logs").expect("a Logs section")];
+        let mut named: Vec<String> = Vec::new();
+        for code in doc.split('`').skip(1).step_by(2) {
+            let is_var = code.starts_with("SAGEMAKER_") || code.starts_with("SMTRAIN_SERVE_");
+            let is_type = ["application/", "text/", "image/"].iter().any(|p| code.starts_with(p));
+            if is_var || is_type {
+                named.push(code.split('=').next().unwrap().to_string());
+            }
+            if code.starts_with('(') {
+                named.push(code.replace(", ", ","));
+            }
+        }
+        for line in doc.lines().filter(|l| l.starts_with("| 4") || l.starts_with("| 5")) {
+            named.push(line[2..5].to_string());
+        }
+        assert!(named.len() > 20, "{named:?}");
+        for n in named {
+            assert!(HELP.contains(&n), "serve --help lacks {n}, which docs/serving.md names");
+        }
+        assert!(HELP.contains(&format!("within {} s", ANSWER_WITHIN.as_secs())));
     }
 }

@@ -130,3 +130,25 @@ fn the_recipe_parses_and_lies_inside_the_tuning_space() {
     let extra: Vec<&String> = fixed.keys().filter(|k| !recipe.contains_key(*k)).collect();
     assert_eq!(extra, ["seed", "validation_split"]);
 }
+
+/// docs/recipe.md's sentence on `make tune` names every key the tuning job searches, and no
+/// other.
+#[test]
+fn the_recipe_doc_names_the_keys_the_tuning_job_searches() {
+    let tpl = template("tuning-job.json");
+    let ranges = tpl["HyperParameterTuningJobConfig"]["ParameterRanges"].as_object().unwrap();
+    let mut tuned: Vec<&str> = ranges
+        .values()
+        .flat_map(|kind| kind.as_array().unwrap())
+        .map(|r| r["Name"].as_str().unwrap())
+        .collect();
+    tuned.sort();
+    let doc =
+        std::fs::read_to_string(format!("{}/docs/recipe.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let start = doc.find("`make tune` searches").expect("the sentence on make tune");
+    let sentence = &doc[start..start + doc[start..].find(").\n").unwrap()];
+    let mut named: Vec<&str> =
+        KEYS.iter().map(|k| k.name).filter(|k| sentence.contains(&format!("`{k}`"))).collect();
+    named.sort();
+    assert_eq!(named, tuned, "docs/recipe.md: {sentence}");
+}

@@ -5,6 +5,7 @@ mod checkpoints;
 mod contract;
 mod distributed;
 mod docker;
+mod docs;
 mod failures;
 mod infra;
 mod outputs;

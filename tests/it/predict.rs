@@ -261,6 +261,11 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         stderr.contains("classified 2 images from 2 files; 11 files could not be classified"),
         "{stderr}"
     );
+    // Every file bad is still exit 1, the inputs' fault; 2 is kept for the command failing.
+    let run = Run(predict_cmd(&job.path("model")).args(&args[2..4]).output().unwrap());
+    assert_eq!(run.code(), Some(1), "every file failed: {}", run.stderr());
+    assert_eq!(run.stdout(), "");
+    assert!(run.stderr().contains("classified 0 images from 0 files; 2 files could not be"));
 }
 
 #[test]

@@ -130,6 +130,17 @@ fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    exchange(port, method, path, headers, body).map(|(status, _, payload)| (status, payload))
+}
+
+/// One HTTP/1.1 request on its own connection; `(status, response head, body)`.
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!(
@@ -154,7 +165,7 @@ fn try_request(
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         payload = unchunk(&payload);
     }
-    Ok((status, payload))
+    Ok((status, head, payload))
 }
 
 fn unchunk(mut b: &[u8]) -> Vec<u8> {
@@ -353,8 +364,20 @@ fn bad_requests_get_their_status_and_a_reason() {
     // After all that, it still answers.
     let (status, _) = s.post("text/csv", "", &csv_body(&imgs[..1]));
     assert_eq!(status, 200);
-    let (status, _) = request(s.port, "GET", "/nowhere", &[], b"");
+    // A path or method the contract does not have gets a JSON reason too; 405 keeps Allow.
+    let (status, head, body) = exchange(s.port, "GET", "/nowhere", &[], b"").unwrap();
     assert_eq!(status, 404);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("\"/nowhere\""), "{e}");
+    assert_eq!(e["status"], 404);
+    let (status, head, body) = exchange(s.port, "GET", "/invocations", &[], b"").unwrap();
+    assert_eq!(status, 405);
+    assert!(head.to_ascii_lowercase().contains("\r\nallow: post"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("GET \"/invocations\""), "{e}");
+    assert_eq!(e["status"], 405);
 }
 
 /// More requests than the queue holds: the excess is answered 503 at once, the rest 200.
