@@ -32,7 +32,7 @@ const SHORT_HELP_HINT: &str = "Run `train --help` for the whole contract and eve
 #[command(
     name = "train",
     version,
-    about = "SageMaker training container: trains a dense network on Fashion-MNIST-style IDX data with libtorch",
+    about = "SageMaker training container: trains a dense network on IDX images or your own tables (CSV, Parquet, NumPy) with libtorch",
     long_about = None,
     after_long_help = after_help(),
     after_help = SHORT_HELP_HINT

@@ -49,6 +49,15 @@ REQUEST (Content-Type; pixel values 0-255, light objects on black, as Fashion-MN
   image/png, image/jpeg, application/x-image
                               one grayscale picture of the model's input size
 
+REQUEST FOR A TABLE MODEL (model.json's input.kind \"table\", F features): rows of features
+  without the label, as sent (the model standardizes them as in training):
+  text/csv                    one row per line, F numbers; a blank line is a 400
+  application/json            [ROW, ...] or {\"instances\": [ROW, ...]}; ROW is F numbers or
+                              {\"features\": [F numbers]}
+  application/jsonlines       one ROW per line
+  application/x-npy           a .npy array, float32 or float64, (N,F) or (F,)
+  The log line \"model ready\" says which input the loaded model takes.
+
 RESPONSE (Accept; default application/json):
   application/json            {\"predictions\": [{\"class\": 9, \"class_name\": \"Ankle boot\",
                               \"probabilities\": [...one per class...]}, ...]}
