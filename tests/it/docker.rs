@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::util::Job;
+use crate::util::{table_fixture, Job};
 
 /// The image under test (`SMTRAIN_IMAGE`); a test that needs it cannot pass without it.
 pub(crate) fn image() -> String {
@@ -256,6 +256,33 @@ fn file_mode_job_writes_the_model_to_the_mounted_folder_like_the_host_binary() {
     // The same job through the host binary gives bit-identical weights: the image runs the
     // same program on the same libtorch.
     let host = Job::small(&hp);
+    host.run().ok();
+    let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
+    assert!(weights(&job) == weights(&host), "the container's weights differ from the host's");
+}
+
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn a_csv_channel_trains_in_the_container_like_the_host_binary() {
+    let image = image();
+    let hp = [("epochs", "20"), ("threads", "1"), ("seed", "3")];
+    let make = || {
+        let job = Job::new();
+        job.typed_channels(&[("train", "text/csv"), ("test", "text/csv")]).hyperparameters(&hp);
+        job.data_from("train", &table_fixture("wine-csv/train"));
+        job.data_from("test", &table_fixture("wine-csv/test"));
+        job
+    };
+    let job = make();
+    resourceconfig(&job, "algo-1", &["algo-1"]);
+    let out = run(&image, &mounts(&job), &["train"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(job.succeeded());
+    let card = job.json("model/model.json");
+    assert_eq!(card["input"]["kind"], "table");
+    assert_eq!(card["input"]["shape"], serde_json::json!([13]));
+    assert!(test_accuracy(&job.path("model/metrics.json")) >= 0.9);
+    let host = make();
     host.run().ok();
     let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
     assert!(weights(&job) == weights(&host), "the container's weights differ from the host's");
