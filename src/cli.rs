@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::artifacts::{self, write_atomic};
 use crate::config::KEYS;
@@ -235,7 +235,7 @@ fn signal_name(sig: usize) -> &'static str {
 
 /// Entry point of the `train` binary: its exit code.
 pub fn main() -> u8 {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -404,6 +404,34 @@ fn lock_base(paths: &Paths) -> Result<std::fs::File> {
 /// A command line that cannot be parsed. For training it is the job's input like any other,
 /// so the failure file says what was wrong (SageMaker shows nothing else); `predict` keeps
 /// clap's exit code 2 and writes no file.
+/// The command line; `serve --help` ends with what the model it would serve takes.
+fn parse() -> Result<Cli, clap::Error> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    if let Some(summary) = serve_help_model(&args) {
+        let help = format!("{}\n\n{summary}", crate::serve::HELP);
+        cmd = cmd.mut_subcommand("serve", |c| c.after_long_help(help));
+    }
+    cmd.try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m))
+}
+
+/// For `serve --help`: the model `--model` (or the default folder) names, as its `model.json`
+/// describes it; `None` for any other command line, or where no model loads.
+fn serve_help_model(args: &[std::ffi::OsString]) -> Option<String> {
+    let has = |s: &str| args.iter().any(|a| a == s);
+    if !has("serve") || !(has("--help") || has("-h")) {
+        return None;
+    }
+    let after = |flag: &str| {
+        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(PathBuf::from)
+    };
+    let base = after("--base-dir")
+        .or_else(|| std::env::var_os("SAGEMAKER_BASE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
+    let model = after("--model").unwrap_or_else(|| crate::serve::default_model(&base));
+    Some(crate::serve::describe_model(&model))
+}
+
 fn usage_error(e: clap::Error) -> u8 {
     use clap::error::ErrorKind;
     let _ = e.print();

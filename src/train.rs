@@ -256,6 +256,7 @@ pub(crate) mod tests {
             format: Format::Idx,
             fingerprint: String::new(),
             source: "toy".into(),
+            classes: None,
         }
     }
 

@@ -19,11 +19,14 @@ pub enum Format {
     Npy,
     /// `.npz` archives holding arrays `x` and `y`.
     Npz,
+    /// PNG and JPEG pictures in one folder per class, or named by `.lst` files.
+    Images,
 }
 
 /// What `ContentType` values this trainer reads, for error messages.
 pub const ACCEPTED: &str = "text/csv (csv), application/x-parquet (parquet), application/x-npy \
-                            (npy), application/x-npz (npz), application/x-idx (idx), or none";
+                            (npy), application/x-npz (npz), application/x-image (image), \
+                            application/x-idx (idx), or none";
 
 impl Format {
     /// Parses a channel's `ContentType`; `None` (or an empty string) is IDX. The error says
@@ -47,11 +50,7 @@ impl Format {
             "application/x-npy" | "npy" => Format::Npy,
             "application/x-npz" | "npz" => Format::Npz,
             "application/x-idx" | "idx" => Format::Idx,
-            "application/x-image" | "image" | "image/png" | "image/jpeg" => {
-                return Err(format!(
-                    "ContentType {text:?}: image folders are not read yet; accepted: {ACCEPTED}"
-                ))
-            }
+            "application/x-image" | "image" | "image/png" | "image/jpeg" => Format::Images,
             _ => {
                 return Err(format!(
                     "ContentType {text:?} is not a format this trainer reads; accepted: {ACCEPTED}"
@@ -97,6 +96,7 @@ impl fmt::Display for Format {
             Format::Parquet => "Parquet",
             Format::Npy => "NumPy .npy",
             Format::Npz => "NumPy .npz",
+            Format::Images => "pictures",
         })
     }
 }
@@ -119,6 +119,8 @@ mod tests {
         assert_eq!(p("application/x-npy"), Ok(Format::Npy));
         assert_eq!(p("npz"), Ok(Format::Npz));
         assert_eq!(p("application/x-idx"), Ok(Format::Idx));
+        assert_eq!(p("application/x-image"), Ok(Format::Images));
+        assert_eq!(p("image"), Ok(Format::Images));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! never a format. [`scale`] standardizes table features with the training data's statistics.
 
 mod csv;
+mod folders;
 pub mod format;
 mod idx;
 mod numpy;
@@ -122,6 +123,8 @@ pub struct Dataset {
     pub fingerprint: String,
     /// Where the data came from, for logs and `model.json`.
     pub source: String,
+    /// Class names the data itself gives (class folders), in label order.
+    pub classes: Option<Vec<String>>,
 }
 
 impl Dataset {
@@ -193,6 +196,7 @@ impl Dataset {
             format: Format::Idx,
             fingerprint,
             source,
+            classes: None,
         })
     }
 
@@ -266,6 +270,7 @@ pub fn load_channel(channel: &str, dir: &Path, format: Format) -> Result<Dataset
         Format::Parquet => parquet::read(channel, dir, &files),
         Format::Npy => numpy::read_npy(channel, dir, &files),
         Format::Npz => numpy::read_npz(channel, dir, &files),
+        Format::Images => folders::read(channel, dir, &files),
     }
 }
 

@@ -268,6 +268,7 @@ fn assemble(
         format,
         fingerprint: format!("blake3:{}", digest.to_hex()),
         source,
+        classes: None,
     })
 }
 

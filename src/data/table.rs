@@ -72,6 +72,7 @@ pub fn dataset(
         format,
         fingerprint: format!("blake3:{}", digest.to_hex()),
         source,
+        classes: None,
     }
 }
 

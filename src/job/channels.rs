@@ -60,8 +60,14 @@ impl Data {
     }
 
     /// Settles `cfg`'s classes from the data and checks every label against them. `max_label`
-    /// is over every host's data in a multi-host job.
+    /// is over every host's data in a multi-host job. Class folders name the classes unless
+    /// `class_names` does.
     pub fn resolve_classes(&self, cfg: &mut TrainConfig, max_label: Option<u8>) -> Result<()> {
+        if let (true, Some(names)) = (cfg.class_names.is_empty(), &self.train.classes) {
+            if cfg.num_classes == 0 || cfg.num_classes == names.len() {
+                cfg.class_names = names.clone();
+            }
+        }
         cfg.resolve_classes(max_label, self.train.format.is_idx());
         for (name, set) in self.sets() {
             data::check_labels(name, set, cfg.num_classes)?;
@@ -111,7 +117,7 @@ pub fn load(
     let load_seconds = started.elapsed().as_secs_f64();
     let train = sets.remove("train").expect("train channel resolved");
     let split_used = !sets.contains_key("validation") && cfg.validation_split > 0.0;
-    let (train, validation) = match sets.remove("validation") {
+    let (train, mut validation) = match sets.remove("validation") {
         Some(v) => (train, Some(v)),
         None if split_used => {
             let (t, v) = train.split_tail(cfg.validation_split);
@@ -119,7 +125,12 @@ pub fn load(
         }
         None => (train, None),
     };
-    let test = sets.remove("test");
+    let mut test = sets.remove("test");
+    for (name, set) in [("validation", &mut validation), ("test", &mut test)] {
+        if let Some(set) = set {
+            align_classes(name, &train, set)?;
+        }
+    }
     check_shapes(&train, [("validation", &validation), ("test", &test)])?;
     check_sizes(cfg, split_used, &train, validation.as_ref(), test.as_ref())?;
     info!(
@@ -421,6 +432,27 @@ fn check_sizes(
             cfg.early_stopping_patience
         )));
     }
+    Ok(())
+}
+
+/// Class folders are numbered in each channel's own sorted order: a test channel without some
+/// class would number the rest differently. Its labels are renumbered by name into the training
+/// channel's classes, and a class the training channel lacks is refused.
+fn align_classes(name: &str, train: &Dataset, set: &mut Dataset) -> Result<()> {
+    let (Some(want), Some(have)) = (&train.classes, &set.classes) else { return Ok(()) };
+    let mut map = Vec::with_capacity(have.len());
+    for class in have {
+        let i = want.iter().position(|w| w == class).ok_or_else(|| {
+            user(format!(
+                "channel \"{name}\" has class folder {class:?}, which channel \"train\" does \
+                 not have (train's classes: {})",
+                crate::error::clip(&want.join(", "), 300)
+            ))
+        })?;
+        map.push(i as u8);
+    }
+    set.labels.iter_mut().for_each(|l| *l = map[*l as usize]);
+    set.classes = Some(want.clone());
     Ok(())
 }
 

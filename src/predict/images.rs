@@ -118,6 +118,24 @@ pub fn decode_picture(
     }
 }
 
+/// A PNG or JPEG picture's rows and columns, from its header alone.
+pub fn picture_size(bytes: &[u8]) -> std::result::Result<(usize, usize), String> {
+    if bytes.starts_with(&PNG_MAGIC) {
+        let decoder = png::Decoder::new(io::Cursor::new(bytes));
+        let reader =
+            decoder.read_info().map_err(|e| format!("is not a readable PNG image: {e}"))?;
+        Ok((reader.info().height as usize, reader.info().width as usize))
+    } else if bytes.starts_with(&JPEG_MAGIC) {
+        let mut decoder =
+            zune_jpeg::JpegDecoder::new(zune_jpeg::zune_core::bytestream::ZCursor::new(bytes));
+        decoder.decode_headers().map_err(|e| format!("is not a readable JPEG image: {e}"))?;
+        let info = decoder.info().ok_or("is not a readable JPEG image")?;
+        Ok((info.height as usize, info.width as usize))
+    } else {
+        Err("is not a PNG or JPEG image".into())
+    }
+}
+
 /// `Err` unless the picture is `cols` wide and `rows` high; checked from the header, before the
 /// pixels are decoded.
 fn check_size(w: usize, h: usize, (rows, cols): (usize, usize)) -> std::result::Result<(), String> {

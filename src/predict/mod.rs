@@ -27,7 +27,7 @@ use crate::data::Input;
 use crate::evaluation::{self, Predictions};
 use crate::files;
 
-pub use images::{decode_picture, read_images, Images};
+pub use images::{decode_picture, picture_size, read_images, Images};
 pub use load::{extract_model, load_model, Loaded};
 
 /// Every input was classified.

@@ -466,6 +466,30 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
     ([(header::CONTENT_TYPE, output.content_type())], body).into_response()
 }
 
+/// What the model at `path` takes and answers, from its `model.json`, for `serve --help`.
+pub fn describe_model(path: &Path) -> String {
+    let loaded = match predict::load_model(path) {
+        Ok(l) => l,
+        Err(e) => return format!("THE MODEL: none loads from {} ({e:#})", path.display()),
+    };
+    let takes = match &loaded.input {
+        crate::data::Input::Image { rows, cols } => {
+            format!("{rows}x{cols} grayscale images, pixel values 0-255 (REQUEST above)")
+        }
+        crate::data::Input::Table { names } => format!(
+            "table rows of {} features, without the label (REQUEST FOR A TABLE MODEL above): {}",
+            names.len(),
+            crate::error::clip(&names.join(", "), 300)
+        ),
+    };
+    format!(
+        "THE MODEL at {}:\n  takes {takes}\n  answers one of {} classes: {}",
+        path.display(),
+        loaded.card.class_names.len(),
+        crate::error::clip(&loaded.card.class_names.join(", "), 300)
+    )
+}
+
 /// The default model folder for `serve`: where SageMaker unpacks `model.tar.gz`.
 pub fn default_model(base: &Path) -> PathBuf {
     base.join("model")

@@ -332,40 +332,8 @@ fn whole_number(field: &[u8]) -> Option<u16> {
 /// A NumPy `.npy` array (format 1 to 3): `uint8` or `float32`, C order, shaped `(N, rows,
 /// cols)`, `(N, rows × cols)`, `(rows, cols)` or `(rows × cols,)`.
 fn from_npy(body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> {
-    const MAGIC: &[u8] = b"\x93NUMPY";
-    if !body.starts_with(MAGIC) || body.len() < 10 {
-        return Err("the body is not a .npy array (no \\x93NUMPY header)".into());
-    }
-    let (header_len, start) = match body[6] {
-        1 => (u16::from_le_bytes([body[8], body[9]]) as usize, 10usize),
-        2 | 3 if body.len() >= 12 => {
-            (u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize, 12)
-        }
-        v => return Err(format!("the .npy format version {v} is not one this server reads")),
-    };
-    let header = body
-        .get(start..start.saturating_add(header_len))
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or("the .npy header is truncated")?;
-    let field = |key: &str| -> Option<&str> {
-        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-        Some(header[at..].trim_start().strip_prefix(':')?.trim_start())
-    };
-    let descr =
-        field("descr").and_then(|d| d.split('\'').nth(1)).ok_or("the .npy header has no descr")?;
-    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
-        return Err("the .npy array is in Fortran order; send it in C order".into());
-    }
-    let shape = field("shape")
-        .and_then(|s| s.strip_prefix('('))
-        .and_then(|s| s.split(')').next())
-        .ok_or("the .npy header has no shape")?;
-    let dims: Vec<usize> = shape
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.parse().map_err(|_| format!("the .npy shape ({shape}) is not a list of sizes")))
-        .collect::<Result<_, _>>()?;
+    let header = crate::data::parse_npy_header(body).map_err(|why| format!("the body {why}"))?;
+    let (descr, dims) = (header.descr.as_str(), &header.shape);
     let features = rows * cols;
     let count = match dims.as_slice() {
         [n, r, c] if (*r, *c) == (rows, cols) => *n,
@@ -378,7 +346,7 @@ fn from_npy(body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> 
             ))
         }
     };
-    let data = &body[start + header_len..];
+    let data = &body[header.data_at..];
     let values = count.checked_mul(features).ok_or("the .npy shape is too large")?;
     let pixels: Vec<f32> = match descr {
         "|u1" | "<u1" | "u1" => {

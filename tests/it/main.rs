@@ -9,6 +9,7 @@ mod docs;
 mod failures;
 mod infra;
 mod outputs;
+mod pictures;
 mod predict;
 mod reliability;
 mod s3;

@@ -64,7 +64,7 @@ fn write_png(path: &Path, pixels: &[u8], w: u32, h: u32, color: png::ColorType) 
     writer.finish().unwrap();
 }
 
-fn save_png(path: &Path, pixels: &[u8], w: u32, h: u32) {
+pub(crate) fn save_png(path: &Path, pixels: &[u8], w: u32, h: u32) {
     write_png(path, pixels, w, h, png::ColorType::Grayscale);
 }
 
@@ -74,7 +74,7 @@ fn jpeg(pixels: &[u8], w: u16, h: u16, color: jpeg_encoder::ColorType) -> Vec<u8
     out
 }
 
-fn gray_jpeg(pixels: &[u8]) -> Vec<u8> {
+pub(crate) fn gray_jpeg(pixels: &[u8]) -> Vec<u8> {
     jpeg(pixels, 28, 28, jpeg_encoder::ColorType::Luma)
 }
 

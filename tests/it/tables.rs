@@ -234,6 +234,15 @@ fn predict_and_serve_answer_a_table_model_as_the_job_scored_it() {
     let right = classes.iter().zip(&labels).filter(|(p, l)| p == l).count();
     assert_eq!(right as f64 / labels.len() as f64, test_accuracy(&job), "the job's accuracy");
 
+    let help = std::process::Command::new(crate::util::BIN)
+        .args(["serve", "--help", "--model"])
+        .arg(job.path("model"))
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("takes table rows of 13 features, without the label"), "{help}");
+    assert!(help.contains("answers one of 3 classes: 0, 1, 2"), "{help}");
+
     let server = Server::start(&job.path("model"), &[]);
     let body = std::fs::read(&rows).unwrap();
     let (status, answer) = server.post("text/csv", "text/csv", &body);
@@ -437,4 +446,31 @@ fn table_values_reach_training_as_written() {
     for (x, y) in a.iter().zip(b) {
         assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} against {y}");
     }
+}
+
+#[test]
+fn fifty_classes_get_their_evaluation_and_confusion_picture() {
+    // A table whose class is written in its features: 50 classes, 20 rows each.
+    let mut text = String::new();
+    for i in 0..1000usize {
+        let class = i % 50;
+        text.push_str(&format!(
+            "{class},{},{},{}\n",
+            class as f32 + (i % 7) as f32 * 0.01,
+            (class * 3 % 17),
+            i % 5
+        ));
+    }
+    let job = Job::new();
+    job.typed_channels(&[("train", "text/csv"), ("test", "text/csv")])
+        .hyperparameters(&[("epochs", "3"), ("seed", "1")]);
+    job.write("input/data/train/t.csv", &text);
+    job.write("input/data/test/t.csv", &text);
+    job.run().ok();
+    let eval = job.json("output/data/evaluation.json");
+    let matrix = eval["confusion_matrix"].as_array().unwrap();
+    assert_eq!((matrix.len(), matrix[49].as_array().unwrap().len()), (50, 50));
+    assert_eq!(job.json("model/model.json")["class_names"][49], "49");
+    let png = std::fs::read(job.path("output/data/confusion.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
 }
