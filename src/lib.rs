@@ -1,4 +1,5 @@
-//! A SageMaker bring-your-own training container for Fashion-MNIST, in Rust with libtorch.
+//! A SageMaker bring-your-own training container, in Rust with libtorch: Fashion-MNIST by
+//! default, or the user's own tables and pictures.
 //!
 //! The modules follow the data, in the order a job runs:
 //!
@@ -7,7 +8,7 @@
 //! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
 //! | [`files`]     | reading input files: regular files only, never more than they can hold |
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`], from one table of keys |
-//! | [`data`]      | channel folders and IDX files → [`data::Dataset`] (bytes)             |
+//! | [`data`]      | a channel and its ContentType (IDX, CSV, Parquet, NumPy, pictures) → [`data::Dataset`] |
 //! | [`inflate`]   | gzip in one go with libdeflate: `data`'s fast path                   |
 //! | [`budget`]    | the memory a configuration needs, checked against what the host has   |
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
