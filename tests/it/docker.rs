@@ -290,6 +290,33 @@ fn a_csv_channel_trains_in_the_container_like_the_host_binary() {
 
 #[test]
 #[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn a_picture_folder_channel_trains_in_the_container() {
+    let image = image();
+    let job = Job::new();
+    job.typed_channels(&[("train", "application/x-image")])
+        .hyperparameters(&[("epochs", "1"), ("threads", "1")]);
+    let ds = smtrain::data::load_channel(
+        "train",
+        &crate::util::fixture("train"),
+        smtrain::data::Format::Idx,
+    )
+    .unwrap();
+    let (pixels, _) = ds.images().unwrap();
+    for (i, (img, l)) in pixels.chunks_exact(784).zip(&ds.labels).take(200).enumerate() {
+        let path = job.path(&format!("input/data/train/class-{l}/{i}.png"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        crate::predict::save_png(&path, img, 28, 28);
+    }
+    resourceconfig(&job, "algo-1", &["algo-1"]);
+    let out = run(&image, &mounts(&job), &["train"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let card = job.json("model/model.json");
+    assert_eq!(card["class_names"][0], "class-0");
+    assert_eq!(card["data"]["train"]["samples"], 200);
+}
+
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn bad_hyperparameters_leave_the_reason_in_the_failure_file() {
     let image = image();
     let job = Job::small(&[("epochs", "1"), ("threads", "1"), ("learning_rat", "0.01")]);
