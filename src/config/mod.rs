@@ -310,6 +310,19 @@ mod tests {
     }
 
     #[test]
+    fn class_names_longer_than_64_characters_are_refused_by_number() {
+        let ok = format!("{},b", "é".repeat(64));
+        let cfg = parse(&[("num_classes", "2"), ("class_names", &ok)]).unwrap();
+        assert_eq!(cfg.class_names[0].chars().count(), 64);
+        let long = format!("a,{}", "x".repeat(50_000));
+        let e = err(&[("num_classes", "2"), ("class_names", &long)]);
+        assert!(e.starts_with("hyperparameter \"class_names\": value"), "{e}");
+        assert!(e.contains("has a name (number 2) of 50000 characters"), "{e}");
+        assert!(e.contains("at most 64 characters"), "{e}");
+        assert!(e.len() < 2000, "{} bytes", e.len());
+    }
+
+    #[test]
     fn platform_keys_are_ignored() {
         let cfg = parse(&[
             ("sagemaker_program", "\"train.py\""),
