@@ -131,6 +131,12 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A checkpoint's bytes and its position (optimizer steps from the start of the run).
+pub struct Encoded {
+    position: u64,
+    bytes: Vec<u8>,
+}
+
 /// Writes checkpoints for one run and prunes old ones.
 pub struct Checkpointer {
     dir: PathBuf,
@@ -210,18 +216,33 @@ impl Checkpointer {
     /// Writes a checkpoint of `state` (with the job's metrics so far) and prunes older ones.
     pub fn save(&mut self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<PathBuf> {
         let bytes = self.encode(state, metrics)?;
-        let position = (state.epoch * self.steps_per_epoch + state.step) as u64;
+        self.write(&Encoded { position: self.position(state), bytes })
+    }
+
+    /// `state`'s checkpoint, made now and written only if [`Self::write`] is called: the final
+    /// state of a run that keeps no checkpoints, needed only if a stop comes before the end.
+    pub fn prepare(&self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<Encoded> {
+        Ok(Encoded { position: self.position(state), bytes: self.encode(state, metrics)? })
+    }
+
+    fn position(&self, state: &TrainState) -> u64 {
+        (state.epoch * self.steps_per_epoch + state.step) as u64
+    }
+
+    /// Writes an encoded checkpoint and prunes older ones.
+    pub fn write(&mut self, encoded: &Encoded) -> Result<PathBuf> {
+        let (position, bytes) = (encoded.position, &encoded.bytes);
         let path = self.dir.join(file_name(position));
         let tmp = self.dir.join(format!(".{}.{}.tmp", file_name(position), std::process::id()));
         std::fs::File::create(&tmp)
             .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, &bytes)?;
+                std::io::Write::write_all(&mut f, bytes)?;
                 f.sync_all()
             })
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).ok();
-        info!(path = %path.display(), epoch = state.epoch, step = state.step, "checkpoint written");
+        info!(path = %path.display(), position, "checkpoint written");
         self.prune(&path)?;
         Ok(path)
     }
@@ -264,6 +285,23 @@ pub fn load_latest(
     features: usize,
     device: Device,
 ) -> Result<Option<Restored>> {
+    let restored = find_latest(dir, cfg, fingerprint, samples, features, device)?;
+    if let Some(r) = &restored {
+        let (epoch, step) = (r.state.epoch, r.state.step);
+        info!(path = %r.path.display(), epoch, step, "resuming from checkpoint");
+    }
+    Ok(restored)
+}
+
+/// [`load_latest`]'s search, without deciding to resume.
+fn find_latest(
+    dir: &Path,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    samples: usize,
+    features: usize,
+    device: Device,
+) -> Result<Option<Restored>> {
     let files = list(dir)?;
     if files.is_empty() {
         return Ok(None);
@@ -274,9 +312,7 @@ pub fn load_latest(
         match read(&path, &sizes, samples, device) {
             Ok((meta, tensors)) => {
                 let name = path.display().to_string();
-                let (epoch, step) = (meta.epoch, meta.step);
                 let mut restored = restore(&name, meta, tensors, cfg, fingerprint, &sizes, device)?;
-                info!(path = %name, epoch, step, "resuming from checkpoint");
                 restored.path = path;
                 return Ok(Some(restored));
             }
@@ -294,6 +330,75 @@ pub fn load_latest(
         dir.display(),
         problems.join("; ")
     )))
+}
+
+/// The most entries of a shared checkpoint folder looked at for an earlier job's checkpoints.
+const MOST_JOBS: usize = 1000;
+
+/// Where this job keeps its checkpoints under the checkpoint folder `root`: a sub-folder named
+/// after the training job, when there is a name. SageMaker gives every trial of a tuning job
+/// (and any jobs that share a `CheckpointConfig.S3Uri`) the same prefix, copies all of it into
+/// each, and mirrors deletions back; a spot restart keeps the name, and so its folder.
+pub fn job_folder(root: &Path, job_name: Option<&str>) -> PathBuf {
+    match job_name {
+        Some(name) => root.join(name),
+        None => root.to_path_buf(),
+    }
+}
+
+/// For a job with no checkpoint of its own under a shared `root`: the newest checkpoint an
+/// earlier job left there (in its own folder, or in `root` itself), if exactly one job left
+/// one that this job can continue (same hyperparameters that shape the result, same data).
+/// Anything else there (another trial's checkpoints, damaged files, several candidates) is
+/// another job's business: it is logged, never an error, and never touched.
+pub fn load_earlier_job(
+    root: &Path,
+    own: &Path,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    samples: usize,
+    features: usize,
+    device: Device,
+) -> Result<Option<Restored>> {
+    let mut folders = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.filter_map(|e| e.ok()).take(MOST_JOBS) {
+            let path = entry.path();
+            if path != own && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push(path);
+            }
+        }
+    }
+    let mut usable = Vec::new();
+    for folder in folders {
+        match find_latest(&folder, cfg, fingerprint, samples, features, device) {
+            Ok(Some(restored)) => usable.push(restored),
+            Ok(None) => {}
+            Err(why) => {
+                info!(folder = %folder.display(), "not resuming from another job's checkpoints: {why:#}")
+            }
+        }
+    }
+    match usable.len() {
+        0 => Ok(None),
+        1 => {
+            let restored = usable.pop().expect("one");
+            let (epoch, step) = (restored.state.epoch, restored.state.step);
+            info!(
+                path = %restored.path.display(), epoch, step,
+                "resuming from checkpoint: an earlier job's, made with the same settings and data"
+            );
+            Ok(Some(restored))
+        }
+        _ => {
+            let names: Vec<String> = usable.iter().map(|r| r.path.display().to_string()).collect();
+            warn!(
+                candidates = %names.join(", "),
+                "several earlier jobs' checkpoints fit this job; starting fresh rather than guess"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// A training state that rank 0 of a multi-host job sent as bytes ([`Checkpointer::encode`]),

@@ -63,6 +63,12 @@ pub struct Outcome {
 
 /// Evaluates `model` on all of `data`, in fixed-size batches.
 pub fn evaluate(model: &Mlp, data: &DeviceData) -> Score {
+    evaluate_unless(model, data, &|| false).expect("never stopped")
+}
+
+/// [`evaluate`], giving up (`None`) as soon as `stop` says so between batches: a large set
+/// takes seconds, and a stopped job has only a few before SIGKILL.
+pub fn evaluate_unless(model: &Mlp, data: &DeviceData, stop: &dyn Fn() -> bool) -> Option<Score> {
     tch::no_grad(|| {
         let n = data.len();
         let device = data.labels.device();
@@ -70,6 +76,9 @@ pub fn evaluate(model: &Mlp, data: &DeviceData) -> Score {
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut start = 0;
         while start < n {
+            if stop() {
+                return None;
+            }
             let len = EVAL_BATCH.min(n - start);
             let (x, y) = data.slice(start, len);
             let (l, c) = model::loss_and_correct(&model.forward(&x), &y);
@@ -77,10 +86,10 @@ pub fn evaluate(model: &Mlp, data: &DeviceData) -> Score {
             let _ = correct.g_add_(&c);
             start += len;
         }
-        Score {
+        Some(Score {
             loss: loss.double_value(&[]) / n as f64,
             accuracy: correct.int64_value(&[]) as f64 / n as f64,
-        }
+        })
     })
 }
 
@@ -184,6 +193,21 @@ pub fn resume(
             stepper.step(&mut state, &order, start, batch.min(n - start), epoch, lr)?;
             state.step += 1;
         }
+        // One host alone may stop mid-validation; ranks of a multi-host job stop together at
+        // step boundaries, where they agree on it.
+        let validation = match validation {
+            Some(v) if parallel.is_none() => {
+                match evaluate_unless(&state.model, v, &|| hooks.stop_requested()) {
+                    Some(score) => Some(score),
+                    None => {
+                        hooks.stopping(&state)?;
+                        return Err(Stopped::default().into());
+                    }
+                }
+            }
+            Some(v) => Some(evaluate(&state.model, v)),
+            None => None,
+        };
         let stats = EpochStats {
             epoch: epoch + 1,
             learning_rate: lr,
@@ -191,7 +215,7 @@ pub fn resume(
                 loss: state.loss_sum.double_value(&[]) / n as f64,
                 accuracy: state.correct.int64_value(&[]) as f64 / n as f64,
             },
-            validation: validation.map(|v| evaluate(&state.model, v)),
+            validation,
             samples: n as usize,
         };
         track_best(cfg, &mut state, &stats);

@@ -12,5 +12,7 @@ mod predict;
 mod reliability;
 mod s3;
 mod serve;
+mod stops;
 mod training;
+mod trials;
 mod util;
