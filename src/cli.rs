@@ -201,13 +201,18 @@ fn init_logging() {
         .init();
 }
 
-/// SIGTERM (SageMaker's and `docker stop`'s) and SIGINT set `stop`; the loop checks it between
-/// steps. As PID 1 in a container, a process without handlers would ignore SIGTERM entirely.
+/// SIGTERM (SageMaker's and `docker stop`'s) and SIGINT set `stop`; every stage of the job
+/// checks it. As PID 1 in a container, a process without handlers would ignore SIGTERM
+/// entirely. One that came before these handlers existed was noted by `early`'s.
 fn install_signal_handlers(stop: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for sig in [SIGTERM, SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(stop))?;
         signal_hook::flag::register_usize(sig, Arc::clone(which), sig as usize)?;
+    }
+    if let Some(sig) = crate::early::take() {
+        which.store(sig as usize, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -235,6 +240,7 @@ pub fn main() -> u8 {
             run_train(&paths, &opts, args.output.as_ref())
         }
         Command::Serve(args) => {
+            crate::early::release();
             let model = args.model.unwrap_or_else(|| crate::serve::default_model(paths.base()));
             match crate::serve::main(&model) {
                 Ok(()) => 0,
@@ -254,6 +260,7 @@ pub fn main() -> u8 {
                 .exit()
         }
         Command::Predict(args) => {
+            crate::early::release();
             if let Err(e) = crate::device::env_threads() {
                 eprintln!("error: {e:#}");
                 return predict::EXIT_FAILED;

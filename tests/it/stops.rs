@@ -2,7 +2,7 @@
 //! checkpoint, the model and the pictures each see the stop, and the job exits 143 within
 //! seconds, leaving a resumable checkpoint and nothing in `model/` or `output/data/`.
 
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{names_in, Job, Started};
@@ -148,4 +148,61 @@ fn a_stop_while_the_validation_set_is_scored_checkpoints_after_the_last_step() {
     let epoch = |j: &Job| j.json("model/metrics.json")["epochs"][0].clone();
     assert_eq!(epoch(&job)["train_loss"], epoch(&reference)["train_loss"]);
     assert!(epoch(&job)["validation_loss"].is_number(), "{}", epoch(&job));
+}
+
+/// The image's entry point: blocks SIGTERM and SIGINT, then execs what it is given.
+const INIT: &str = env!("CARGO_BIN_EXE_smtrain-init");
+
+/// A job that takes seconds, so that a stop in its first second cannot come after its end.
+fn long_job() -> Job {
+    Job::small(&[("epochs", "2"), ("hidden_units", "1024,1024"), ("batch_size", "8")])
+}
+
+/// Sends SIGTERM `ms` after spawning `cmd` (a [`long_job`]) and checks that the stop was
+/// kept: exit 143, a `Stopped:` line, no success and no model.
+fn stopped_at_start(job: &Job, cmd: &mut std::process::Command, ms: u64) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    let sent = Instant::now();
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(143), "SIGTERM {ms} ms after the start: {status:?}");
+    let failure = job.failure().unwrap_or_else(|| panic!("{ms} ms: no failure file"));
+    assert!(failure.starts_with("Stopped: stopped by SIGTERM"), "{ms} ms: {failure}");
+    assert!(took < PROMPT, "{ms} ms: took {took:?} to stop");
+    assert!(!job.succeeded(), "{ms} ms");
+    assert!(job.model_files().is_empty(), "{ms} ms: {:?}", job.model_files());
+}
+
+/// Through the image's entry point, a stop at any moment of the start is kept: the kernel's
+/// exec and the loader mapping libtorch (the first 20 ms or so), libtorch's initialisers, the
+/// job's set-up. (A signal that comes before the entry point itself has run an instruction,
+/// on a busy machine a few milliseconds after the spawn, ends any process; it starts at 10 ms.)
+#[test]
+fn a_stop_at_any_moment_of_the_start_is_kept() {
+    for ms in [10, 15, 20, 30, 50, 100, 200, 300, 400, 600, 800] {
+        let job = long_job();
+        let cmd = job.command();
+        let mut through_init = std::process::Command::new(INIT);
+        through_init.arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => through_init.env(k, v),
+                None => through_init.env_remove(k),
+            };
+        }
+        stopped_at_start(&job, &mut through_init, ms);
+    }
+}
+
+/// The binary alone keeps a stop from its own first instruction, before libtorch's
+/// initialisers run: from the moment the loader has mapped the libraries (about 20 ms here).
+#[test]
+fn a_stop_while_libtorch_initialises_is_kept_without_the_entry_point() {
+    for ms in [50, 100, 150, 200, 300, 400, 600] {
+        let job = long_job();
+        stopped_at_start(&job, &mut job.command(), ms);
+    }
 }
