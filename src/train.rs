@@ -192,7 +192,13 @@ pub fn resume(
             let start = state.step as i64 * batch;
             stepper.step(&mut state, &order, start, batch.min(n - start), epoch, lr)?;
             state.step += 1;
+            // On the CPU reading the running sum costs microseconds; a GPU is checked as the
+            // epoch ends, without a synchronisation every step.
+            if device == tch::Device::Cpu {
+                finite(state.loss_sum.double_value(&[]), epoch, Some(state.step))?;
+            }
         }
+        finite(state.loss_sum.double_value(&[]), epoch, None)?;
         // One host alone may stop mid-validation; ranks of a multi-host job stop together at
         // step boundaries, where they agree on it.
         let validation = match validation {
@@ -232,6 +238,23 @@ pub fn resume(
         state.model.flat.shallow_clone().copy_(&best.params);
     }
     Ok(Outcome { model: state.model, epochs: state.history, early_stop: state.early_stop })
+}
+
+/// Fails training once the loss is NaN or infinite: every later step would keep it so, and a
+/// model of NaNs must not pass for a result. `step` is 1-based, where known.
+fn finite(loss_sum: f64, epoch: usize, step: Option<usize>) -> Result<()> {
+    if loss_sum.is_finite() {
+        return Ok(());
+    }
+    let at = match step {
+        Some(s) => format!("epoch {} step {s}", epoch + 1),
+        None => format!("epoch {}", epoch + 1),
+    };
+    Err(crate::error::user(format!(
+        "training diverged: the loss became {loss_sum} at {at}; the learning rate is most likely \
+         too high for this optimizer (lower learning_rate, or check lr_schedule), or beta1, \
+         beta2, epsilon, momentum or weight_decay make it unstable"
+    )))
 }
 
 /// Early stopping's bookkeeping after an epoch: remember the best, decide whether to stop.
@@ -353,6 +376,18 @@ pub(crate) mod tests {
         assert_eq!(es.stopped_after_epoch, es.best_epoch + 2);
         let best = out.epochs[es.best_epoch - 1].validation.unwrap();
         assert_eq!(evaluate(&out.model, &val), best);
+    }
+
+    #[test]
+    fn a_diverging_run_fails_naming_epoch_and_step() {
+        use crate::config::OptimizerKind;
+        let data = DeviceData::new(&toy(256, 1), Device::Cpu);
+        let c = TrainConfig { optimizer: OptimizerKind::Sgd, learning_rate: 1e30, ..cfg() };
+        let err = train(&c, &data, None, &AtomicBool::new(false), |_| {}).err().expect("diverges");
+        let msg = format!("{err:#}");
+        assert!(crate::error::is_user_error(&err), "{msg}");
+        assert!(msg.starts_with("training diverged: the loss became "), "{msg}");
+        assert!(msg.contains(" at epoch 1 step ") && msg.contains("learning_rate"), "{msg}");
     }
 
     #[test]

@@ -411,10 +411,21 @@ impl Raw<'_> {
                     .ok()
                     .filter(|v: &f64| v.is_finite())
                     .ok_or_else(|| self.bad(format_args!("is not a number ({allowed})")))?;
-                let below = if *lo_open { v <= *lo } else { v < *lo };
-                let above = if *hi_open { v >= *hi } else { v > *hi };
-                if below || above {
+                let outside = |v: f64| {
+                    let below = if *lo_open { v <= *lo } else { v < *lo };
+                    let above = if *hi_open { v >= *hi } else { v > *hi };
+                    below || above
+                };
+                if outside(v) {
                     return Err(self.bad(format_args!("is out of range ({allowed})")));
+                }
+                // Training computes in float32: 0.99999999 is 1 there, 1e-46 is 0.
+                let single = v as f32 as f64;
+                if outside(single) {
+                    return Err(self.bad(format_args!(
+                        "becomes {single} in float32, the precision training uses, which is out \
+                         of range ({allowed})"
+                    )));
                 }
                 Value::Number(v)
             }

@@ -310,6 +310,22 @@ mod tests {
     }
 
     #[test]
+    fn values_that_leave_their_range_in_float32_are_refused() {
+        for (key, value, becomes) in [
+            ("beta1", "0.99999999", "becomes 1 in float32"),
+            ("beta2", "0.99999999", "becomes 1 in float32"),
+            ("epsilon", "1e-46", "becomes 0 in float32"),
+            ("learning_rate", "4.9e-324", "becomes 0 in float32"),
+        ] {
+            let e = err(&[(key, value)]);
+            assert!(e.contains(&format!("\"{key}\"")) && e.contains(becomes), "{e}");
+            assert!(e.contains("allowed:"), "{e}");
+        }
+        assert_eq!(parse(&[("beta2", "0.9999999")]).unwrap().beta2, 0.9999999);
+        assert_eq!(parse(&[("epsilon", "1e-40")]).unwrap().epsilon, 1e-40);
+    }
+
+    #[test]
     fn class_names_longer_than_64_characters_are_refused_by_number() {
         let ok = format!("{},b", "é".repeat(64));
         let cfg = parse(&[("num_classes", "2"), ("class_names", &ok)]).unwrap();

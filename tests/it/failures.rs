@@ -116,3 +116,19 @@ fn cuda_without_a_gpu() {
     let job = Job::small(&[("device", "cuda")]);
     fails_with(&job, &["\"device\" is cuda", "no NVIDIA driver"]);
 }
+
+/// A learning rate that makes the loss NaN fails the job with a reason, never a NaN model with
+/// `output/success`; values that become 0 or 1 in float32 are refused before training.
+#[test]
+fn a_diverging_run_or_a_value_lost_in_float32_is_a_client_error() {
+    // AdamW multiplies the weights by 1 - learning_rate * weight_decay = -9 each step.
+    let hp = [("optimizer", "adamw"), ("learning_rate", "10"), ("weight_decay", "1")];
+    let job = Job::small(&hp);
+    fails_with(&job, &["training diverged", "at epoch 1 step ", "learning_rate"]);
+    for (key, value) in
+        [("beta1", "0.99999999"), ("epsilon", "1e-46"), ("learning_rate", "4.9e-324")]
+    {
+        let job = Job::small(&[(key, value)]);
+        fails_with(&job, &[key, "in float32"]);
+    }
+}
