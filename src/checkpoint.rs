@@ -137,6 +137,21 @@ pub struct Encoded {
     bytes: Vec<u8>,
 }
 
+/// Removes the partial checkpoints a killed run left in `dir` (`.checkpoint-….tmp`, this
+/// trainer's temporary names), which SageMaker would otherwise sync to S3 for ever. `dir` is
+/// this job's own folder: only a run of the same job writes such names there.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            info!(file = %name, "removing a partial checkpoint an earlier run left");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes checkpoints for one run and prunes old ones.
 pub struct Checkpointer {
     dir: PathBuf,
@@ -159,6 +174,7 @@ impl Checkpointer {
         steps_per_epoch: usize,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        remove_stale_temps(dir);
         let superseded = if cfg.start_fresh { list(dir)? } else { Vec::new() };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -234,12 +250,15 @@ impl Checkpointer {
         let (position, bytes) = (encoded.position, &encoded.bytes);
         let path = self.dir.join(file_name(position));
         let tmp = self.dir.join(format!(".{}.{}.tmp", file_name(position), std::process::id()));
-        std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, bytes)?;
-                f.sync_all()
-            })
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // SageMaker would upload the part as it syncs the folder.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", tmp.display()));
+        }
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).ok();
         info!(path = %path.display(), position, "checkpoint written");

@@ -354,6 +354,12 @@ fn fail_job(paths: &Paths, err: &anyhow::Error, signal: usize, upload: Option<&s
         (failure_line("Stopped", &why), EXIT_STOPPED)
     } else if is_user_error(err) {
         (failure_line("ClientError", err), EXIT_USER_ERROR)
+    } else if past_file_size_limit(err) {
+        let why = anyhow::anyhow!(
+            "{err:#}; the process's file size limit (ulimit -f, RLIMIT_FSIZE) is below what the \
+             job writes: raise it or remove it"
+        );
+        (failure_line("InternalError", &why), EXIT_INTERNAL_ERROR)
     } else {
         (failure_line("InternalError", err), EXIT_INTERNAL_ERROR)
     };
@@ -366,6 +372,13 @@ fn fail_job(paths: &Paths, err: &anyhow::Error, signal: usize, upload: Option<&s
         up.upload_failure(&format!("{line}\n"));
     }
     code
+}
+
+/// Whether a write failed with EFBIG: past the file size limit (SIGXFSZ is ignored for this).
+fn past_file_size_limit(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.raw_os_error() == Some(libc::EFBIG))
 }
 
 /// Removes the model folder's and `output/data/`'s files (and their temporary files); returns

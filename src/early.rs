@@ -73,3 +73,11 @@ pub fn release() {
         unsafe { libc::raise(sig) };
     }
 }
+
+/// Ignores SIGXFSZ: under a file size limit (`ulimit -f`, RLIMIT_FSIZE) a write past it then
+/// fails with EFBIG, which the job reports and cleans up after, instead of killing the process
+/// without a word and leaving half a file.
+pub fn no_file_size_signal() {
+    // SAFETY: sets a disposition; no memory is involved.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}

@@ -8,6 +8,7 @@ static EARLY_SIGNALS: extern "C" fn() = preinit;
 
 extern "C" fn preinit() {
     smtrain::early::install();
+    smtrain::early::no_file_size_signal();
 }
 
 fn main() {

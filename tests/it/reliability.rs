@@ -346,3 +346,47 @@ fn stale_download_folders_are_cleaned_at_the_next_start() {
     job.run().ok();
     assert_eq!(names_in(&job.path("input/data")), ["test", "train"]);
 }
+
+/// Under a file size limit (`ulimit -f`) below a checkpoint's size: no death by SIGXFSZ (exit
+/// 153 without a word), but a failure that names the limit, and no partial file left behind.
+#[test]
+fn a_file_size_limit_is_reported_and_leaves_no_partial_file() {
+    use std::os::unix::process::CommandExt;
+    // The default network's checkpoint is about 1.2 MB; the failure file is far below 256 KiB.
+    let job = Job::small(&[("epochs", "1")]);
+    let mut cmd = job.command();
+    // SAFETY: setrlimit is async-signal-safe, as the child between fork and exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 256 << 10, rlim_max: 256 << 10 };
+            match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let out = cmd.output().unwrap();
+    let failure = job.failure().unwrap_or_else(|| panic!("{:?}: no failure file", out.status));
+    assert_eq!(out.status.code(), Some(2), "{failure}");
+    assert!(failure.starts_with("InternalError: "), "{failure}");
+    assert!(failure.contains("File too large") && failure.contains("ulimit -f"), "{failure}");
+    let left: Vec<String> = crate::util::names_in(&job.path("checkpoints"))
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(job.model_files().is_empty(), "{:?}", job.model_files());
+    assert!(!job.succeeded());
+}
+
+/// Partial checkpoints that a killed run left (its temporary names) are removed at the next
+/// start, since SageMaker would sync them to S3; other files there are not ours to touch.
+#[test]
+fn a_killed_runs_partial_checkpoint_is_removed_at_the_next_start() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.write("checkpoints/.checkpoint-000000000032.safetensors.4242.tmp", b"half a file");
+    job.write("checkpoints/notes.txt", b"the user's");
+    job.run().ok();
+    let names = crate::util::names_in(&job.path("checkpoints"));
+    assert_eq!(names, ["checkpoint-000000000032.safetensors", "notes.txt"]);
+}
