@@ -328,7 +328,10 @@ fn find_latest(
     let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
     let mut problems = Vec::new();
     for path in files {
-        match read(&path, &sizes, samples, device) {
+        let steps = samples.div_ceil(cfg.batch_size);
+        match read(&path, &sizes, samples, device)
+            .and_then(|(meta, t)| check_position(&meta, steps).map(|()| (meta, t)))
+        {
             Ok((meta, tensors)) => {
                 let name = path.display().to_string();
                 let mut restored = restore(&name, meta, tensors, cfg, fingerprint, &sizes, device)?;
@@ -434,8 +437,38 @@ pub fn from_bytes(
     let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
     let len = bytes.len() as u64;
     anyhow::ensure!(len <= size_limit(&sizes, samples), "{origin}: {len} bytes, too many");
-    let (meta, tensors) = parse(bytes, &sizes, samples, device).context(origin.to_string())?;
+    let (meta, tensors) = parse(bytes, &sizes, samples, device)
+        .and_then(|(meta, t)| {
+            check_position(&meta, samples.div_ceil(cfg.batch_size)).map(|()| (meta, t))
+        })
+        .context(origin.to_string())?;
     restore(origin, meta, tensors, cfg, fingerprint, &sizes, device)
+}
+
+/// The metadata the checksum does not cover, checked against itself and an epoch of `steps`
+/// steps: the optimizer has taken exactly the steps before the position (a bias correction
+/// after 2^63 steps trains a NaN model), and there are no more epochs of metrics (and no best
+/// epoch) than finished epochs (`metrics.json` copies them).
+fn check_position(meta: &Meta, steps: usize) -> Result<()> {
+    anyhow::ensure!(meta.step <= steps, "step {} of an epoch of {steps} steps", meta.step);
+    let position = (meta.epoch as u64).checked_mul(steps as u64).map(|p| p + meta.step as u64);
+    anyhow::ensure!(
+        position == Some(meta.optimizer_steps),
+        "optimizer_steps {} does not match epoch {} step {} of {steps}-step epochs",
+        meta.optimizer_steps,
+        meta.epoch,
+        meta.step
+    );
+    anyhow::ensure!(
+        meta.metrics.len() <= meta.epoch,
+        "{} epochs of metrics after {} finished epochs",
+        meta.metrics.len(),
+        meta.epoch
+    );
+    if let Some((_, best)) = meta.best {
+        anyhow::ensure!((1..=meta.epoch).contains(&best), "best epoch {best} of {}", meta.epoch);
+    }
+    Ok(())
 }
 
 /// The most bytes a checkpoint of this model can take: four parameter-sized buffers, the
@@ -602,6 +635,77 @@ mod tests {
     use crate::state::DeviceData;
     use crate::train::tests::toy;
 
+    /// Rewrites the checkpoint at `path` with its metadata changed by `edit`; the tensors (and
+    /// so the checksum) stay as they were.
+    fn edit_meta(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&header.metadata().as_ref().unwrap()[META_KEY]).unwrap();
+        edit(&mut meta);
+        let info = HashMap::from([(META_KEY.to_string(), meta.to_string())]);
+        let tensors: Vec<(String, HostTensor)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let t = HostTensor {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    data: v.data().to_vec(),
+                };
+                (n, t)
+            })
+            .collect();
+        let out = safetensors::tensor::serialize(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            &Some(info),
+        )
+        .unwrap();
+        std::fs::write(path, out).unwrap();
+    }
+
+    /// Metadata outside the checksum that does not add up (an optimizer step count of 2^63-1,
+    /// metrics for more epochs than ran) makes a checkpoint unusable, like damage.
+    #[test]
+    fn metadata_that_does_not_add_up_is_refused() {
+        let cfg = TrainConfig { num_classes: 4, hidden_units: vec![8], ..TrainConfig::default() };
+        let mut state = TrainState::new(&cfg, 16, Device::Cpu);
+        state.epoch = 1;
+        for _ in 0..2 {
+            let params = state.model.flat.shallow_clone();
+            state.optimizer.step(&params, &params.zeros_like(), 0.001).unwrap();
+        }
+        let edits: [(&str, fn(&mut serde_json::Value)); 2] = [
+            ("optimizer_steps", |m| m["optimizer_steps"] = serde_json::json!(i64::MAX)),
+            ("epochs of metrics", |m| {
+                let one = m["metrics"][0].clone();
+                m["metrics"] = serde_json::Value::Array(vec![one; 100]);
+            }),
+        ];
+        for (needle, edit) in edits {
+            let dir = tempfile::tempdir().unwrap();
+            let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", 64, 2).unwrap();
+            let metric = crate::metrics::EpochMetrics {
+                epoch: 1,
+                learning_rate: 0.001,
+                train_loss: 1.0,
+                train_accuracy: 0.5,
+                validation_loss: None,
+                validation_accuracy: None,
+                seconds: 1.0,
+                samples_per_second: 64.0,
+            };
+            let path = ck.save(&state, &[metric]).unwrap();
+            // 64 samples at the default batch size of 32: epochs of 2 steps.
+            assert!(load_latest(dir.path(), &cfg, "fp", 64, 16, Device::Cpu).unwrap().is_some());
+            edit_meta(&path, edit);
+            let err = load_latest(dir.path(), &cfg, "fp", 64, 16, Device::Cpu).err().unwrap();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("no valid checkpoint") && msg.contains(needle), "{msg}");
+        }
+    }
+
     /// A stop that lands as an epoch begins (its order drawn, no step taken) must still give a
     /// checkpoint that loads: a Docker test once caught exactly this.
     #[test]
@@ -612,6 +716,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = TrainState::new(&cfg, 16, Device::Cpu);
         state.epoch = 1;
+        // Epoch 1 of 2-step epochs begins after 2 optimizer steps.
+        for _ in 0..2 {
+            let params = state.model.flat.shallow_clone();
+            state.optimizer.step(&params, &params.zeros_like(), 0.001).unwrap();
+        }
         state.order = Some(Tensor::from_slice(&crate::train::epoch_order(cfg.seed, 1, 64)));
         let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", data.len() as usize, 2).unwrap();
         ck.save(&state, &[]).unwrap();
