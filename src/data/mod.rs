@@ -141,10 +141,11 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Finds the one images file and the one labels file in a channel folder and loads them.
 pub fn load_channel(channel: &str, dir: &Path, num_classes: usize) -> Result<Dataset> {
     if !dir.is_dir() {
-        return Err(user(format!(
-            "channel \"{channel}\": folder {} does not exist",
-            dir.display()
-        )));
+        let what = match std::fs::metadata(dir) {
+            Ok(_) => "is not a folder (SageMaker puts a channel's files in a folder of its name)",
+            Err(_) => "does not exist",
+        };
+        return Err(user(format!("channel \"{channel}\": folder {} {what}", dir.display())));
     }
     let mut files = Vec::new();
     walk(dir, 0, &mut files)?;

@@ -132,3 +132,23 @@ fn a_diverging_run_or_a_value_lost_in_float32_is_a_client_error() {
         fails_with(&job, &[key, "in float32"]);
     }
 }
+
+/// Control characters in a key (NUL, ESC, VT, FF, NEL, U+2028) reach the failure file escaped:
+/// the reason stays one clean line.
+#[test]
+fn control_characters_in_a_key_are_escaped_in_the_reason() {
+    let job = Job::small(&[("lr\u{0}\u{1b}[31m\u{b}\u{c}\u{85}\u{2028}x", "1")]);
+    let failure = fails_with(&job, &["unknown hyperparameter", "\\u{1b}[31m", "\\u{2028}"]);
+    let raw: Vec<char> =
+        failure.trim_end().chars().filter(|c| c.is_control() || *c == '\u{2028}').collect();
+    assert!(raw.is_empty(), "{failure:?}");
+}
+
+/// A regular file where SageMaker puts a channel's folder is named for what it is.
+#[test]
+fn a_file_in_place_of_a_channel_folder_is_named_as_such() {
+    let job = Job::small(&[]);
+    std::fs::remove_dir_all(job.path("input/data/test")).unwrap();
+    job.write("input/data/test", b"not a folder");
+    fails_with(&job, &["channel \"test\"", "is not a folder"]);
+}
