@@ -74,7 +74,7 @@ pub fn failure_line(kind: &str, err: &anyhow::Error) -> String {
 /// `s` as one line of plain text: line breaks become spaces, and every other control
 /// character (NUL, ESC, VT, FF, NEL…) and the Unicode line and paragraph separators are written
 /// as `\u{…}` escapes, so no input (a key, a file name) can break or colour the reason.
-fn one_clean_line(s: &str) -> String {
+pub fn one_clean_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
