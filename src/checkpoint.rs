@@ -676,7 +676,8 @@ mod tests {
             let params = state.model.flat.shallow_clone();
             state.optimizer.step(&params, &params.zeros_like(), 0.001).unwrap();
         }
-        let edits: [(&str, fn(&mut serde_json::Value)); 2] = [
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 2] = [
             ("optimizer_steps", |m| m["optimizer_steps"] = serde_json::json!(i64::MAX)),
             ("epochs of metrics", |m| {
                 let one = m["metrics"][0].clone();
