@@ -287,6 +287,14 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
             return EXIT_USER_ERROR;
         }
     };
+    // Refused before anything is cleared: through a link, the files to clear are not ours.
+    if let Err(e) = real_result_folders(paths) {
+        let line = failure_line("ClientError", &e);
+        tracing::error!("{line}");
+        eprintln!("{line}");
+        write_verdict(paths, "failure", &format!("{line}\n"));
+        return EXIT_USER_ERROR;
+    }
     crash::install(paths, exit_now, EXIT_INTERNAL_ERROR);
     clear_earlier_run(paths);
     let stop = Arc::new(AtomicBool::new(false));
@@ -329,6 +337,25 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
             fail_job(paths, &err, which.load(Ordering::Relaxed), upload.as_ref())
         }
     }
+}
+
+/// The folders a job clears of an earlier run's results and then fills, `model/` and
+/// `output/data/`, must be real folders: through a symbolic link, the `model.json` a failed run
+/// removes could be a file of another folder that this run never wrote.
+fn real_result_folders(paths: &Paths) -> Result<()> {
+    for dir in [paths.model_dir(), paths.output_data_dir()] {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            let target = std::fs::read_link(&dir).unwrap_or_default();
+            return Err(crate::error::user(format!(
+                "{} is a symbolic link (to {}); the model and output/data folders must be real \
+                 folders, since a job removes what an earlier run left in them: mount the \
+                 folder there instead",
+                dir.display(),
+                target.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A stale verdict or result from an earlier run in the same folder would contradict this one.

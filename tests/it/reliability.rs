@@ -390,3 +390,23 @@ fn a_killed_runs_partial_checkpoint_is_removed_at_the_next_start() {
     let names = crate::util::names_in(&job.path("checkpoints"));
     assert_eq!(names, ["checkpoint-000000000032.safetensors", "notes.txt"]);
 }
+
+/// `model/` as a link to another folder: refused before anything is cleared, so a file there
+/// that this run never wrote (a `model.json`) is left alone.
+#[test]
+fn a_model_folder_that_is_a_link_is_refused_and_its_files_left_alone() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("model.json"), b"someone else's").unwrap();
+    let job = Job::small(&[("epochs", "1"), ("hidden_units", "0")]);
+    std::os::unix::fs::symlink(elsewhere.path(), job.path("model")).unwrap();
+    let run = job.run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    for needle in ["model", "is a symbolic link", "real folders"] {
+        assert!(failure.contains(needle), "{failure}");
+    }
+    assert!(failure.contains(&elsewhere.path().display().to_string()), "{failure}");
+    let kept = std::fs::read(elsewhere.path().join("model.json")).unwrap();
+    assert_eq!(kept, b"someone else's");
+}
