@@ -50,6 +50,15 @@ impl fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// A thread that could not be started (`what` it was for): the system's limit on processes
+/// and threads, not a bug, so the reason names it.
+pub fn no_thread(e: std::io::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot start a thread to {what}: {e}; the limit on processes and threads (ulimit -u, \
+         docker --pids-limit, the cgroup's pids.max) is too low for this job"
+    )
+}
+
 /// SageMaker keeps this many characters of `output/failure` as the job's `FailureReason`.
 pub const FAILURE_REASON_LIMIT: usize = 1024;
 

@@ -183,9 +183,10 @@ pub fn load_channel(channel: &str, dir: &Path, num_classes: usize) -> Result<Dat
 /// Loads an explicit images/labels pair, decompressing both at once.
 pub fn load_pair(images: &Path, labels: &Path, num_classes: usize) -> Result<Dataset> {
     let (img, lab) = std::thread::scope(|s| {
-        let img = s.spawn(|| read_idx(images));
+        let img = std::thread::Builder::new().spawn_scoped(s, || read_idx(images));
         let lab = read_idx(labels);
-        (img.join().expect("IDX reader panicked"), lab)
+        let img = img.map_err(|e| crate::error::no_thread(e, "read an images file"));
+        (img.and_then(|h| h.join().expect("IDX reader panicked")), lab)
     });
     Dataset::from_files(img?, lab?, num_classes)
 }

@@ -414,6 +414,23 @@ fn docker_stop_in_the_first_second_is_never_lost() {
     }
 }
 
+/// `docker run --pids-limit 4`: too few for the threads that load the channels. A reason that
+/// names the limit, not a panic.
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn a_pids_limit_too_low_for_the_loaders_is_named() {
+    let image = image();
+    let job = Job::small(&[("epochs", "1")]);
+    let mut extra = mounts(&job);
+    extra.extend(["--pids-limit".to_string(), "4".to_string()]);
+    let out = run(&image, &extra, &["train"]);
+    let failure = job.failure().unwrap_or_else(|| panic!("no failure: {}", text(&out.stderr)));
+    assert_eq!(out.status.code(), Some(2), "{failure}");
+    assert!(failure.starts_with("InternalError: cannot start a thread to "), "{failure}");
+    assert!(failure.contains("--pids-limit") && !failure.contains("panic"), "{failure}");
+    assert!(!job.succeeded());
+}
+
 /// `docker stop` mid-training, then the same job run again (as SageMaker restarts a spot job with
 /// /opt/ml/checkpoints restored): it resumes and ends bit-identical to an uninterrupted run.
 #[test]
