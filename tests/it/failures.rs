@@ -152,3 +152,19 @@ fn a_file_in_place_of_a_channel_folder_is_named_as_such() {
     job.write("input/data/test", b"not a folder");
     fails_with(&job, &["channel \"test\"", "is not a folder"]);
 }
+
+/// A `LocalPath` the system cannot make (a name over 255 bytes, a path over 4095) is the job's
+/// mistake, named as such, not an InternalError from deep in the checkpoint code.
+#[test]
+fn an_impossible_checkpoint_local_path_is_a_client_error() {
+    for (local, why) in [
+        (format!("/tmp/{}", "x".repeat(300)), "255 bytes"),
+        (format!("/tmp/{}", "a/".repeat(2100)), "4095 bytes"),
+        ("relative/ckpt".to_string(), "not an absolute path"),
+    ] {
+        let job = Job::small(&[("epochs", "1")]);
+        let config = serde_json::json!({ "LocalPath": local, "S3Uri": "s3://b/p" });
+        job.write("input/config/checkpointconfig.json", serde_json::to_vec(&config).unwrap());
+        fails_with(&job, &["checkpointconfig.json", "LocalPath", why]);
+    }
+}
