@@ -58,6 +58,13 @@ fn omp_num_threads_beyond_the_cap_is_refused() {
         failure.contains("OMP_NUM_THREADS=999999 is out of range (allowed: 1 to 1024"),
         "{failure}"
     );
+    // A typo is refused as 0 is; libgomp's list for nested levels is left to it.
+    let run = Run(job.command().env("OMP_NUM_THREADS", "abc").output().unwrap());
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.contains("OMP_NUM_THREADS=\"abc\" is not a whole number"), "{failure}");
+    let listed = Job::small(&[("epochs", "1")]);
+    Run(listed.command().env("OMP_NUM_THREADS", "1,1").output().unwrap()).ok();
 }
 
 /// An abort (what a failed allocation or a fatal libtorch error ends in) still leaves a reason,
