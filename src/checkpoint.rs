@@ -339,6 +339,10 @@ fn find_latest(
                 return Ok(Some(restored));
             }
             Err(why) => {
+                // Other layer sizes fail the shape checks first: name the keys, not tensors.
+                if let Some(diffs) = other_settings(&path, cfg) {
+                    return Err(other_hyperparameters(&path.display().to_string(), &diffs));
+                }
                 warn!(path = %path.display(), "skipping unusable checkpoint: {why:#}");
                 problems.push(format!(
                     "{}: {why:#}",
@@ -562,6 +566,32 @@ fn parse(
     Ok((meta, tensors))
 }
 
+fn other_hyperparameters(name: &str, diffs: &[String]) -> anyhow::Error {
+    user(format!(
+        "{name}: this checkpoint was made with other hyperparameters: {}; use the same values, \
+         or set start_fresh=true to start over",
+        diffs.join(", ")
+    ))
+}
+
+/// The result-shaping hyperparameters in which the checkpoint at `path` differs from `cfg`,
+/// read from its header alone (other layer sizes make the file larger than this model's
+/// limit); `None` when they agree or the header cannot be read.
+fn other_settings(path: &Path, cfg: &TrainConfig) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    // The header holds the metrics of at most 100,000 epochs: far below this.
+    let len = u64::from_le_bytes(len).min(64 << 20);
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let meta: Meta = serde_json::from_str(header["__metadata__"][META_KEY].as_str()?).ok()?;
+    let diffs = cfg.result_differences(&meta.config);
+    (!diffs.is_empty()).then_some(diffs)
+}
+
 /// Turns verified tensors into a training state, after checking that they were made with
 /// this configuration and data; `name` says where they came from.
 fn restore(
@@ -575,11 +605,7 @@ fn restore(
 ) -> Result<Restored> {
     let diffs = cfg.result_differences(&meta.config);
     if !diffs.is_empty() {
-        return Err(user(format!(
-            "{name}: this checkpoint was made with other hyperparameters: {}; use the same values, \
-             or set start_fresh=true to start over",
-            diffs.join(", ")
-        )));
+        return Err(other_hyperparameters(name, &diffs));
     }
     if meta.train_fingerprint != fingerprint {
         return Err(user(format!(
