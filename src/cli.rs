@@ -128,7 +128,7 @@ fn after_help() -> String {
                                       Fashion-MNIST in /usr/share/datasets/fashion-mnist
   input/config/resourceconfig.json    hosts; only hosts[0] trains and writes the model
   input/data/<channel>/               one IDX images file and one IDX labels file, gzipped
-                                      or not, found by header in any sub-folder
+                                      or not, found by header up to 16 folders deep
   model/                              model.safetensors, model.json, metrics.json
   output/failure                      why a job failed, one line of at most 1024 bytes
                                       starting ClientError: (your input; exit 1),

@@ -234,6 +234,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 /// Parses JSON, refusing objects that name a key twice: serde_json would silently keep the
 /// last, so `{"epochs": "5", "epochs": "500"}` would train with a value nobody may have meant.
 fn parse_json<T: DeserializeOwned>(text: &str) -> std::result::Result<T, serde_json::Error> {
+    // Windows editors start UTF-8 files with a byte order mark; it means nothing here.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_json::from_str::<NoDuplicateKeys>(text)?;
     serde_json::from_str(text)
 }

@@ -96,3 +96,13 @@ fn the_documented_hyperparameters_are_the_accepted_ones() {
     }
     assert_eq!(&doc[a..b], want, "docs/contract.md's table is stale: rerun with SMTRAIN_BLESS=1");
 }
+
+/// A UTF-8 byte order mark (what Windows editors write) before `hyperparameters.json` is
+/// accepted and means nothing.
+#[test]
+fn a_byte_order_mark_before_the_hyperparameters_is_accepted() {
+    let job = Job::small(&[]);
+    job.write("input/config/hyperparameters.json", "\u{feff}{\"epochs\": \"1\"}");
+    let run = job.run().ok();
+    assert_eq!(run.stdout().matches("metrics: epoch=").count(), 1, "{}", run.stdout());
+}
