@@ -76,7 +76,7 @@ docker-base: docker-deps
 # binary, the libraries, the data or gather.sh change (their digest is the image's label).
 docker-artifacts: build docker-deps
 	@set -eu; \
-	key=$$(cat "$(BIN)" docker/gather.sh "$(TORCH_SITE)/.complete" $(DATA_DIR)/*.gz \
+	key=$$(cat "$(BIN)" "$(dir $(BIN))smtrain-init" docker/gather.sh "$(TORCH_SITE)/.complete" $(DATA_DIR)/*.gz \
 	  | sha256sum | cut -c1-32); \
 	have=$$($(DOCKER) image inspect -f '{{index .Config.Labels "smtrain.inputs"}}' $(ARTIFACTS_CPU) 2>/dev/null || true); \
 	if [ "$$have" = "$$key" ]; then echo "$(ARTIFACTS_CPU) is up to date"; exit 0; fi; \

@@ -5,6 +5,7 @@
 #
 #   gather.sh cpu  OUT BIN TORCH_SITE DATA_DIR
 #       /opt/smtrain/train            the binary (debug info stripped); its run path is $ORIGIN/lib
+#       /opt/smtrain/smtrain-init     the entry point in front of it (BIN's folder's smtrain-init)
 #       /opt/smtrain/lib/             the libraries it loads, found by following DT_NEEDED from the
 #                                     binary through TORCH_SITE (torch/lib, nvidia/*/lib)
 #       /usr/local/bin/train          a link to it, for `--entrypoint train` and PATH
@@ -91,9 +92,13 @@ case $variant in
     mapfile -t libs <<<"$found"
     [[ -n $found ]] || die "$bin needs no library from $site: was it built against it?"
     for l in "${libs[@]}"; do copy_lib "$l" "$root/opt/smtrain/lib"; done
-    cp "$bin" "$root/opt/smtrain/train"
-    strip --strip-debug "$root/opt/smtrain/train"
-    chmod 0755 "$root/opt/smtrain/train"
+    init=$(dirname "$bin")/smtrain-init
+    [[ -x $init ]] || die "no $init beside $bin (cargo build builds both)"
+    for b in "$bin:train" "$init:smtrain-init"; do
+      cp "${b%%:*}" "$root/opt/smtrain/${b##*:}"
+      strip --strip-debug "$root/opt/smtrain/${b##*:}"
+      chmod 0755 "$root/opt/smtrain/${b##*:}"
+    done
     ln -s /opt/smtrain/train "$root/usr/local/bin/train"
     for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz \
              t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do

@@ -131,6 +131,27 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A checkpoint's bytes and its position (optimizer steps from the start of the run).
+pub struct Encoded {
+    position: u64,
+    bytes: Vec<u8>,
+}
+
+/// Removes the partial checkpoints a killed run left in `dir` (`.checkpoint-….tmp`, this
+/// trainer's temporary names), which SageMaker would otherwise sync to S3 for ever. `dir` is
+/// this job's own folder: only a run of the same job writes such names there.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            info!(file = %name, "removing a partial checkpoint an earlier run left");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes checkpoints for one run and prunes old ones.
 pub struct Checkpointer {
     dir: PathBuf,
@@ -153,6 +174,7 @@ impl Checkpointer {
         steps_per_epoch: usize,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        remove_stale_temps(dir);
         let superseded = if cfg.start_fresh { list(dir)? } else { Vec::new() };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -210,18 +232,36 @@ impl Checkpointer {
     /// Writes a checkpoint of `state` (with the job's metrics so far) and prunes older ones.
     pub fn save(&mut self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<PathBuf> {
         let bytes = self.encode(state, metrics)?;
-        let position = (state.epoch * self.steps_per_epoch + state.step) as u64;
+        self.write(&Encoded { position: self.position(state), bytes })
+    }
+
+    /// `state`'s checkpoint, made now and written only if [`Self::write`] is called: the final
+    /// state of a run that keeps no checkpoints, needed only if a stop comes before the end.
+    pub fn prepare(&self, state: &TrainState, metrics: &[EpochMetrics]) -> Result<Encoded> {
+        Ok(Encoded { position: self.position(state), bytes: self.encode(state, metrics)? })
+    }
+
+    fn position(&self, state: &TrainState) -> u64 {
+        (state.epoch * self.steps_per_epoch + state.step) as u64
+    }
+
+    /// Writes an encoded checkpoint and prunes older ones.
+    pub fn write(&mut self, encoded: &Encoded) -> Result<PathBuf> {
+        let (position, bytes) = (encoded.position, &encoded.bytes);
         let path = self.dir.join(file_name(position));
         let tmp = self.dir.join(format!(".{}.{}.tmp", file_name(position), std::process::id()));
-        std::fs::File::create(&tmp)
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, &bytes)?;
-                f.sync_all()
-            })
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // SageMaker would upload the part as it syncs the folder.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", tmp.display()));
+        }
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).ok();
-        info!(path = %path.display(), epoch = state.epoch, step = state.step, "checkpoint written");
+        info!(path = %path.display(), position, "checkpoint written");
         self.prune(&path)?;
         Ok(path)
     }
@@ -264,6 +304,23 @@ pub fn load_latest(
     features: usize,
     device: Device,
 ) -> Result<Option<Restored>> {
+    let restored = find_latest(dir, cfg, fingerprint, samples, features, device)?;
+    if let Some(r) = &restored {
+        let (epoch, step) = (r.state.epoch, r.state.step);
+        info!(path = %r.path.display(), epoch, step, "resuming from checkpoint");
+    }
+    Ok(restored)
+}
+
+/// [`load_latest`]'s search, without deciding to resume.
+fn find_latest(
+    dir: &Path,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    samples: usize,
+    features: usize,
+    device: Device,
+) -> Result<Option<Restored>> {
     let files = list(dir)?;
     if files.is_empty() {
         return Ok(None);
@@ -271,16 +328,21 @@ pub fn load_latest(
     let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
     let mut problems = Vec::new();
     for path in files {
-        match read(&path, &sizes, samples, device) {
+        let steps = samples.div_ceil(cfg.batch_size);
+        match read(&path, &sizes, samples, device)
+            .and_then(|(meta, t)| check_position(&meta, steps).map(|()| (meta, t)))
+        {
             Ok((meta, tensors)) => {
                 let name = path.display().to_string();
-                let (epoch, step) = (meta.epoch, meta.step);
                 let mut restored = restore(&name, meta, tensors, cfg, fingerprint, &sizes, device)?;
-                info!(path = %name, epoch, step, "resuming from checkpoint");
                 restored.path = path;
                 return Ok(Some(restored));
             }
             Err(why) => {
+                // Other layer sizes fail the shape checks first: name the keys, not tensors.
+                if let Some(diffs) = other_settings(&path, cfg) {
+                    return Err(other_hyperparameters(&path.display().to_string(), &diffs));
+                }
                 warn!(path = %path.display(), "skipping unusable checkpoint: {why:#}");
                 problems.push(format!(
                     "{}: {why:#}",
@@ -294,6 +356,75 @@ pub fn load_latest(
         dir.display(),
         problems.join("; ")
     )))
+}
+
+/// The most entries of a shared checkpoint folder looked at for an earlier job's checkpoints.
+const MOST_JOBS: usize = 1000;
+
+/// Where this job keeps its checkpoints under the checkpoint folder `root`: a sub-folder named
+/// after the training job, when there is a name. SageMaker gives every trial of a tuning job
+/// (and any jobs that share a `CheckpointConfig.S3Uri`) the same prefix, copies all of it into
+/// each, and mirrors deletions back; a spot restart keeps the name, and so its folder.
+pub fn job_folder(root: &Path, job_name: Option<&str>) -> PathBuf {
+    match job_name {
+        Some(name) => root.join(name),
+        None => root.to_path_buf(),
+    }
+}
+
+/// For a job with no checkpoint of its own under a shared `root`: the newest checkpoint an
+/// earlier job left there (in its own folder, or in `root` itself), if exactly one job left
+/// one that this job can continue (same hyperparameters that shape the result, same data).
+/// Anything else there (another trial's checkpoints, damaged files, several candidates) is
+/// another job's business: it is logged, never an error, and never touched.
+pub fn load_earlier_job(
+    root: &Path,
+    own: &Path,
+    cfg: &TrainConfig,
+    fingerprint: &str,
+    samples: usize,
+    features: usize,
+    device: Device,
+) -> Result<Option<Restored>> {
+    let mut folders = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.filter_map(|e| e.ok()).take(MOST_JOBS) {
+            let path = entry.path();
+            if path != own && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push(path);
+            }
+        }
+    }
+    let mut usable = Vec::new();
+    for folder in folders {
+        match find_latest(&folder, cfg, fingerprint, samples, features, device) {
+            Ok(Some(restored)) => usable.push(restored),
+            Ok(None) => {}
+            Err(why) => {
+                info!(folder = %folder.display(), "not resuming from another job's checkpoints: {why:#}")
+            }
+        }
+    }
+    match usable.len() {
+        0 => Ok(None),
+        1 => {
+            let restored = usable.pop().expect("one");
+            let (epoch, step) = (restored.state.epoch, restored.state.step);
+            info!(
+                path = %restored.path.display(), epoch, step,
+                "resuming from checkpoint: an earlier job's, made with the same settings and data"
+            );
+            Ok(Some(restored))
+        }
+        _ => {
+            let names: Vec<String> = usable.iter().map(|r| r.path.display().to_string()).collect();
+            warn!(
+                candidates = %names.join(", "),
+                "several earlier jobs' checkpoints fit this job; starting fresh rather than guess"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// A training state that rank 0 of a multi-host job sent as bytes ([`Checkpointer::encode`]),
@@ -310,8 +441,38 @@ pub fn from_bytes(
     let sizes = model::layer_sizes(features, &cfg.hidden_units, cfg.num_classes);
     let len = bytes.len() as u64;
     anyhow::ensure!(len <= size_limit(&sizes, samples), "{origin}: {len} bytes, too many");
-    let (meta, tensors) = parse(bytes, &sizes, samples, device).context(origin.to_string())?;
+    let (meta, tensors) = parse(bytes, &sizes, samples, device)
+        .and_then(|(meta, t)| {
+            check_position(&meta, samples.div_ceil(cfg.batch_size)).map(|()| (meta, t))
+        })
+        .context(origin.to_string())?;
     restore(origin, meta, tensors, cfg, fingerprint, &sizes, device)
+}
+
+/// The metadata the checksum does not cover, checked against itself and an epoch of `steps`
+/// steps: the optimizer has taken exactly the steps before the position (a bias correction
+/// after 2^63 steps trains a NaN model), and there are no more epochs of metrics (and no best
+/// epoch) than finished epochs (`metrics.json` copies them).
+fn check_position(meta: &Meta, steps: usize) -> Result<()> {
+    anyhow::ensure!(meta.step <= steps, "step {} of an epoch of {steps} steps", meta.step);
+    let position = (meta.epoch as u64).checked_mul(steps as u64).map(|p| p + meta.step as u64);
+    anyhow::ensure!(
+        position == Some(meta.optimizer_steps),
+        "optimizer_steps {} does not match epoch {} step {} of {steps}-step epochs",
+        meta.optimizer_steps,
+        meta.epoch,
+        meta.step
+    );
+    anyhow::ensure!(
+        meta.metrics.len() <= meta.epoch,
+        "{} epochs of metrics after {} finished epochs",
+        meta.metrics.len(),
+        meta.epoch
+    );
+    if let Some((_, best)) = meta.best {
+        anyhow::ensure!((1..=meta.epoch).contains(&best), "best epoch {best} of {}", meta.epoch);
+    }
+    Ok(())
 }
 
 /// The most bytes a checkpoint of this model can take: four parameter-sized buffers, the
@@ -405,6 +566,32 @@ fn parse(
     Ok((meta, tensors))
 }
 
+fn other_hyperparameters(name: &str, diffs: &[String]) -> anyhow::Error {
+    user(format!(
+        "{name}: this checkpoint was made with other hyperparameters: {}; use the same values, \
+         or set start_fresh=true to start over",
+        diffs.join(", ")
+    ))
+}
+
+/// The result-shaping hyperparameters in which the checkpoint at `path` differs from `cfg`,
+/// read from its header alone (other layer sizes make the file larger than this model's
+/// limit); `None` when they agree or the header cannot be read.
+fn other_settings(path: &Path, cfg: &TrainConfig) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    // The header holds the metrics of at most 100,000 epochs: far below this.
+    let len = u64::from_le_bytes(len).min(64 << 20);
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let meta: Meta = serde_json::from_str(header["__metadata__"][META_KEY].as_str()?).ok()?;
+    let diffs = cfg.result_differences(&meta.config);
+    (!diffs.is_empty()).then_some(diffs)
+}
+
 /// Turns verified tensors into a training state, after checking that they were made with
 /// this configuration and data; `name` says where they came from.
 fn restore(
@@ -418,11 +605,7 @@ fn restore(
 ) -> Result<Restored> {
     let diffs = cfg.result_differences(&meta.config);
     if !diffs.is_empty() {
-        return Err(user(format!(
-            "{name}: this checkpoint was made with other hyperparameters: {}; use the same values, \
-             or set start_fresh=true to start over",
-            diffs.join(", ")
-        )));
+        return Err(other_hyperparameters(name, &diffs));
     }
     if meta.train_fingerprint != fingerprint {
         return Err(user(format!(
@@ -478,6 +661,78 @@ mod tests {
     use crate::state::DeviceData;
     use crate::train::tests::toy;
 
+    /// Rewrites the checkpoint at `path` with its metadata changed by `edit`; the tensors (and
+    /// so the checksum) stay as they were.
+    fn edit_meta(path: &Path, edit: impl Fn(&mut serde_json::Value)) {
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&header.metadata().as_ref().unwrap()[META_KEY]).unwrap();
+        edit(&mut meta);
+        let info = HashMap::from([(META_KEY.to_string(), meta.to_string())]);
+        let tensors: Vec<(String, HostTensor)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let t = HostTensor {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    data: v.data().to_vec(),
+                };
+                (n, t)
+            })
+            .collect();
+        let out = safetensors::tensor::serialize(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            &Some(info),
+        )
+        .unwrap();
+        std::fs::write(path, out).unwrap();
+    }
+
+    /// Metadata outside the checksum that does not add up (an optimizer step count of 2^63-1,
+    /// metrics for more epochs than ran) makes a checkpoint unusable, like damage.
+    #[test]
+    fn metadata_that_does_not_add_up_is_refused() {
+        let cfg = TrainConfig { num_classes: 4, hidden_units: vec![8], ..TrainConfig::default() };
+        let mut state = TrainState::new(&cfg, 16, Device::Cpu);
+        state.epoch = 1;
+        for _ in 0..2 {
+            let params = state.model.flat.shallow_clone();
+            state.optimizer.step(&params, &params.zeros_like(), 0.001).unwrap();
+        }
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 2] = [
+            ("optimizer_steps", |m| m["optimizer_steps"] = serde_json::json!(i64::MAX)),
+            ("epochs of metrics", |m| {
+                let one = m["metrics"][0].clone();
+                m["metrics"] = serde_json::Value::Array(vec![one; 100]);
+            }),
+        ];
+        for (needle, edit) in edits {
+            let dir = tempfile::tempdir().unwrap();
+            let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", 64, 2).unwrap();
+            let metric = crate::metrics::EpochMetrics {
+                epoch: 1,
+                learning_rate: 0.001,
+                train_loss: 1.0,
+                train_accuracy: 0.5,
+                validation_loss: None,
+                validation_accuracy: None,
+                seconds: 1.0,
+                samples_per_second: 64.0,
+            };
+            let path = ck.save(&state, &[metric]).unwrap();
+            // 64 samples at the default batch size of 32: epochs of 2 steps.
+            assert!(load_latest(dir.path(), &cfg, "fp", 64, 16, Device::Cpu).unwrap().is_some());
+            edit_meta(&path, edit);
+            let err = load_latest(dir.path(), &cfg, "fp", 64, 16, Device::Cpu).err().unwrap();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("no valid checkpoint") && msg.contains(needle), "{msg}");
+        }
+    }
+
     /// A stop that lands as an epoch begins (its order drawn, no step taken) must still give a
     /// checkpoint that loads: a Docker test once caught exactly this.
     #[test]
@@ -488,6 +743,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = TrainState::new(&cfg, 16, Device::Cpu);
         state.epoch = 1;
+        // Epoch 1 of 2-step epochs begins after 2 optimizer steps.
+        for _ in 0..2 {
+            let params = state.model.flat.shallow_clone();
+            state.optimizer.step(&params, &params.zeros_like(), 0.001).unwrap();
+        }
         state.order = Some(Tensor::from_slice(&crate::train::epoch_order(cfg.seed, 1, 64)));
         let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", data.len() as usize, 2).unwrap();
         ck.save(&state, &[]).unwrap();

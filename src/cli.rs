@@ -138,7 +138,10 @@ fn after_help() -> String {
                                       writes the model
   input/config/checkpointconfig.json  its LocalPath, when present, replaces checkpoints/
   input/data/<channel>/               one IDX images file and one IDX labels file, gzipped
-                                      or not, found by header in any sub-folder
+                                      or not, found by header up to 16 folders deep; with
+                                      a ContentType, that format (text/csv,
+                                      application/x-parquet, application/x-npz,
+                                      application/x-npy, application/x-image; docs/data.md)
   checkpoints/                        resumable state, every checkpoint_interval epochs and
                                       on SIGTERM; the next run resumes from it unless
                                       start_fresh is true
@@ -214,13 +217,18 @@ fn init_logging() {
         .init();
 }
 
-/// SIGTERM (SageMaker's and `docker stop`'s) and SIGINT set `stop`; the loop checks it between
-/// steps. As PID 1 in a container, a process without handlers would ignore SIGTERM entirely.
+/// SIGTERM (SageMaker's and `docker stop`'s) and SIGINT set `stop`; every stage of the job
+/// checks it. As PID 1 in a container, a process without handlers would ignore SIGTERM
+/// entirely. One that came before these handlers existed was noted by `early`'s.
 fn install_signal_handlers(stop: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for sig in [SIGTERM, SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(stop))?;
         signal_hook::flag::register_usize(sig, Arc::clone(which), sig as usize)?;
+    }
+    if let Some(sig) = crate::early::take() {
+        which.store(sig as usize, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -248,6 +256,7 @@ pub fn main() -> u8 {
             run_train(&paths, &opts, args.output.as_ref())
         }
         Command::Serve(args) => {
+            crate::early::release();
             let model = args.model.unwrap_or_else(|| crate::serve::default_model(paths.base()));
             match crate::serve::main(&model) {
                 Ok(()) => 0,
@@ -267,6 +276,7 @@ pub fn main() -> u8 {
                 .exit()
         }
         Command::Predict(args) => {
+            crate::early::release();
             if let Err(e) = crate::device::env_threads() {
                 eprintln!("error: {e:#}");
                 return predict::EXIT_FAILED;
@@ -293,6 +303,14 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
             return EXIT_USER_ERROR;
         }
     };
+    // Refused before anything is cleared: through a link, the files to clear are not ours.
+    if let Err(e) = real_result_folders(paths) {
+        let line = failure_line("ClientError", &e);
+        tracing::error!("{line}");
+        eprintln!("{line}");
+        write_verdict(paths, "failure", &format!("{line}\n"));
+        return EXIT_USER_ERROR;
+    }
     crash::install(paths, exit_now, EXIT_INTERNAL_ERROR);
     clear_earlier_run(paths);
     let stop = Arc::new(AtomicBool::new(false));
@@ -337,6 +355,25 @@ fn run_train(paths: &Paths, opts: &job::Options, output: Option<&S3Uri>) -> u8 {
     }
 }
 
+/// The folders a job clears of an earlier run's results and then fills, `model/` and
+/// `output/data/`, must be real folders: through a symbolic link, the `model.json` a failed run
+/// removes could be a file of another folder that this run never wrote.
+fn real_result_folders(paths: &Paths) -> Result<()> {
+    for dir in [paths.model_dir(), paths.output_data_dir()] {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            let target = std::fs::read_link(&dir).unwrap_or_default();
+            return Err(crate::error::user(format!(
+                "{} is a symbolic link (to {}); the model and output/data folders must be real \
+                 folders, since a job removes what an earlier run left in them: mount the \
+                 folder there instead",
+                dir.display(),
+                target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A stale verdict or result from an earlier run in the same folder would contradict this one.
 fn clear_earlier_run(paths: &Paths) {
     for stale in [paths.failure_file(), paths.success_file()] {
@@ -360,6 +397,12 @@ fn fail_job(paths: &Paths, err: &anyhow::Error, signal: usize, upload: Option<&s
         (failure_line("Stopped", &why), EXIT_STOPPED)
     } else if is_user_error(err) {
         (failure_line("ClientError", err), EXIT_USER_ERROR)
+    } else if past_file_size_limit(err) {
+        let why = anyhow::anyhow!(
+            "{err:#}; the process's file size limit (ulimit -f, RLIMIT_FSIZE) is below what the \
+             job writes: raise it or remove it"
+        );
+        (failure_line("InternalError", &why), EXIT_INTERNAL_ERROR)
     } else {
         (failure_line("InternalError", err), EXIT_INTERNAL_ERROR)
     };
@@ -372,6 +415,13 @@ fn fail_job(paths: &Paths, err: &anyhow::Error, signal: usize, upload: Option<&s
         up.upload_failure(&format!("{line}\n"));
     }
     code
+}
+
+/// Whether a write failed with EFBIG: past the file size limit (SIGXFSZ is ignored for this).
+fn past_file_size_limit(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.raw_os_error() == Some(libc::EFBIG))
 }
 
 /// Removes the model folder's and `output/data/`'s files (and their temporary files); returns

@@ -191,9 +191,33 @@ impl JobFiles {
             Some(rc) => rc.validate(&paths.resource_config())?,
             None => ResourceConfig::single_host(),
         };
-        let checkpoint = read_json(&paths.checkpoint_config())?;
+        let checkpoint: Option<CheckpointConfig> = read_json(&paths.checkpoint_config())?;
+        if let Some(local) = checkpoint.as_ref().and_then(|c| c.local_path.as_deref()) {
+            check_local_path(&paths.checkpoint_config(), local)?;
+        }
         Ok(Self { hyperparameters, input_data, resources, checkpoint })
     }
+}
+
+/// `LocalPath` must be a path the system can make: an absolute one, within Linux's limits of
+/// 4095 bytes in all and 255 per name. Anything else is the job's mistake, named as such.
+fn check_local_path(file: &Path, local: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = local.as_os_str().len();
+    let longest = local.components().map(|c| c.as_os_str().len()).max().unwrap_or(0);
+    let why = if !local.is_absolute() {
+        "is not an absolute path"
+    } else if bytes > 4095 {
+        "is longer than the 4095 bytes a path may have"
+    } else if longest > 255 {
+        "has a folder name longer than the 255 bytes a name may have"
+    } else if local.as_os_str().as_bytes().contains(&0) {
+        "holds a NUL byte"
+    } else {
+        return Ok(());
+    };
+    let shown = crate::error::clip(&local.display().to_string(), 120);
+    Err(user(format!("{}: LocalPath {shown:?} {why}", file.display())))
 }
 
 /// Reads a JSON file; a missing file is `None`, a malformed one (or one that is not a regular
@@ -210,6 +234,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 /// Parses JSON, refusing objects that name a key twice: serde_json would silently keep the
 /// last, so `{"epochs": "5", "epochs": "500"}` would train with a value nobody may have meant.
 fn parse_json<T: DeserializeOwned>(text: &str) -> std::result::Result<T, serde_json::Error> {
+    // Windows editors start UTF-8 files with a byte order mark; it means nothing here.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_json::from_str::<NoDuplicateKeys>(text)?;
     serde_json::from_str(text)
 }

@@ -84,8 +84,16 @@ pub fn env_threads() -> Result<Option<usize>> {
              {MAX_THREADS}, as the threads hyperparameter)",
             crate::error::clip(v.trim(), 40)
         ))),
-        // A list ("4,2") or a typo: libgomp's business, and we choose by cores.
-        Err(_) => Ok(None),
+        // libgomp's list for nested levels ("4,2"), or nothing at all: we choose by cores.
+        Err(_) if v.trim().is_empty() || v.split(',').all(|n| n.trim().parse::<u64>().is_ok()) => {
+            Ok(None)
+        }
+        // A typo would otherwise silently pick a thread count the user did not ask for.
+        Err(_) => Err(user(format!(
+            "environment variable OMP_NUM_THREADS={} is not a whole number (allowed: 1 to \
+             {MAX_THREADS}, or libgomp's comma-separated list)",
+            crate::error::quote(v.trim())
+        ))),
     }
 }
 

@@ -50,6 +50,15 @@ impl fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
+/// A thread that could not be started (`what` it was for): the system's limit on processes
+/// and threads, not a bug, so the reason names it.
+pub fn no_thread(e: std::io::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot start a thread to {what}: {e}; the limit on processes and threads (ulimit -u, \
+         docker --pids-limit, the cgroup's pids.max) is too low for this job"
+    )
+}
+
 /// SageMaker keeps this many characters of `output/failure` as the job's `FailureReason`.
 pub const FAILURE_REASON_LIMIT: usize = 1024;
 
@@ -57,7 +66,7 @@ pub const FAILURE_REASON_LIMIT: usize = 1024;
 /// A reason that does not fit is given cause first (the innermost error, then what was being
 /// done), and cut with a note saying so; the log keeps the whole text.
 pub fn failure_line(kind: &str, err: &anyhow::Error) -> String {
-    let one_line = |s: String| s.replace(['\n', '\r'], " ");
+    let one_line = |s: String| one_clean_line(&s);
     let whole = one_line(format!("{kind}: {err:#}"));
     if whole.len() <= FAILURE_REASON_LIMIT {
         return whole;
@@ -69,6 +78,23 @@ pub fn failure_line(kind: &str, err: &anyhow::Error) -> String {
         line.push_str(&format!(" (while {})", parts.join(": ")));
     }
     bound(line, whole.len())
+}
+
+/// `s` as one line of plain text: line breaks become spaces, and every other control
+/// character (NUL, ESC, VT, FF, NEL…) and the Unicode line and paragraph separators are written
+/// as `\u{…}` escapes, so no input (a key, a file name) can break or colour the reason.
+pub fn one_clean_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Cuts `line` to the limit, ending with a note of how much of the `whole` reason was left out.
@@ -132,6 +158,17 @@ mod tests {
         assert!(line.contains("(while hyperparameters.json: xxx"), "{line}");
         assert!(line.ends_with("characters) is in the log]"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn control_characters_in_a_reason_are_escaped_into_one_line() {
+        let err = anyhow::anyhow!("key \"a\0b\u{1b}[31m\u{b}\u{c}\u{85}\u{2028}c\"\nnext");
+        let line = failure_line("ClientError", &err);
+        assert_eq!(
+            line,
+            "ClientError: key \"a\\u{0}b\\u{1b}[31m\\u{b}\\u{c}\\u{85}\\u{2028}c\" next"
+        );
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! | module        | what it does                                                         |
 //! |---------------|----------------------------------------------------------------------|
+//! | [`early`]     | SIGTERM and SIGINT noted from before libtorch initialises             |
 //! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
 //! | [`files`]     | reading input files: regular files only, never more than they can hold |
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`], from one table of keys |
@@ -51,6 +52,7 @@ pub mod crash;
 pub mod data;
 pub mod device;
 pub mod distributed;
+pub mod early;
 pub mod error;
 pub mod evaluation;
 pub mod files;

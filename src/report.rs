@@ -6,6 +6,7 @@
 //! (`samples.png`, `predictions.png`) are drawn only where the data are images.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use tch::Device;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::artifacts::{write_atomic, write_json};
 use crate::data::Dataset;
+use crate::error::Stopped;
 use crate::evaluation::{self, Evaluation};
 use crate::metrics::Metrics;
 use crate::model::Mlp;
@@ -40,18 +42,39 @@ pub struct Inputs<'a> {
     /// The test set and `train::evaluate`'s score of it.
     pub test: Option<(&'a Dataset, Score)>,
     pub metrics: &'a Metrics,
+    /// A stop requested while the report is made ends it with [`Stopped`] within moments.
+    pub stop: &'a AtomicBool,
 }
+
+impl Inputs<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// `Stopped`, naming what was being done, once a stop was requested.
+    fn unless_stopped(&self, doing: &str) -> Result<()> {
+        match self.stopped() {
+            true => Err(Stopped(format!("drawing output/data ({doing})")).into()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Images run through the model at once between two looks at the stop flag: a whole number
+/// of [`train::EVAL_BATCH`]es, so the predictions are exactly those of one call.
+const PREDICT_CHUNK: i64 = 5 * train::EVAL_BATCH;
 
 /// Writes `output/data/`'s files into `dir`; returns their paths.
 pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    inp.unless_stopped(TRAINING_PNG)?;
     let mut written = vec![save_png(dir, TRAINING_PNG, plots::training(inp.metrics)?)?];
     match inp.train.images() {
-        Some((pixels, shape)) => written.push(save_png(
-            dir,
-            SAMPLES_PNG,
-            plots::samples(pixels, &inp.train.labels, shape, inp.class_names)?,
-        )?),
+        Some((pixels, shape)) => {
+            inp.unless_stopped(SAMPLES_PNG)?;
+            let samples = plots::samples(pixels, &inp.train.labels, shape, inp.class_names)?;
+            written.push(save_png(dir, SAMPLES_PNG, samples)?);
+        }
         // Nothing from an earlier run in the same folder may pass for this one's.
         None => remove_stale(dir, &[SAMPLES_PNG, PREDICTIONS_PNG]),
     }
@@ -59,8 +82,10 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     let target = match (inp.test, inp.validation) {
         (Some((set, score)), _) => Some(("test", set, score)),
         (None, Some(set)) => {
-            let score = train::evaluate(inp.model, &DeviceData::new(set, inp.device));
-            Some(("validation", set, score))
+            let data = DeviceData::new(set, inp.device);
+            let score = train::evaluate_unless(inp.model, &data, &|| inp.stopped());
+            inp.unless_stopped("scoring the validation set")?;
+            Some(("validation", set, score.expect("not stopped")))
         }
         (None, None) => None,
     };
@@ -73,7 +98,7 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
         return Ok(written);
     };
     let data = DeviceData::new(set, inp.device);
-    let predicted = evaluation::predict(inp.model, &data.images, data.scale);
+    let predicted = predict(inp, &data.images, data.scale)?;
     let eval = Evaluation::new(
         name,
         &set.source,
@@ -93,12 +118,14 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     write_json(&path, &eval)?;
     written.push(path);
     if let Some((pixels, shape)) = set.images() {
+        inp.unless_stopped(PREDICTIONS_PNG)?;
         written.push(save_png(
             dir,
             PREDICTIONS_PNG,
             plots::predictions(pixels, &set.labels, shape, &predicted, inp.class_names, name)?,
         )?);
     }
+    inp.unless_stopped(CONFUSION_PNG)?;
     written.push(save_png(
         dir,
         CONFUSION_PNG,
@@ -117,6 +144,34 @@ fn remove_stale(dir: &Path, names: &[&str]) {
     for stale in names {
         let _ = std::fs::remove_file(dir.join(stale));
     }
+}
+
+/// The model's predictions for `images`, made a chunk at a time so that a stop is seen soon.
+fn predict(inp: &Inputs, images: &tch::Tensor, scale: f64) -> Result<evaluation::Predictions> {
+    let n = images.size()[0];
+    let mut all: Option<evaluation::Predictions> = None;
+    let mut start = 0;
+    while start < n {
+        inp.unless_stopped("predicting")?;
+        let len = PREDICT_CHUNK.min(n - start);
+        let part = evaluation::predict(inp.model, &images.narrow(0, start, len), scale);
+        match &mut all {
+            None => all = Some(part),
+            Some(p) => {
+                p.classes.extend(part.classes);
+                p.logits.extend(part.logits);
+                p.probabilities.extend(part.probabilities);
+            }
+        }
+        start += len;
+    }
+    let num_classes = *inp.model.sizes().last().expect("a model has layers");
+    Ok(all.unwrap_or_else(|| evaluation::Predictions {
+        num_classes,
+        classes: Vec::new(),
+        logits: Vec::new(),
+        probabilities: Vec::new(),
+    }))
 }
 
 fn save_png(dir: &Path, name: &str, picture: plots::Picture) -> Result<PathBuf> {

@@ -63,6 +63,12 @@ pub struct Outcome {
 
 /// Evaluates `model` on all of `data`, in fixed-size batches.
 pub fn evaluate(model: &Mlp, data: &DeviceData) -> Score {
+    evaluate_unless(model, data, &|| false).expect("never stopped")
+}
+
+/// [`evaluate`], giving up (`None`) as soon as `stop` says so between batches: a large set
+/// takes seconds, and a stopped job has only a few before SIGKILL.
+pub fn evaluate_unless(model: &Mlp, data: &DeviceData, stop: &dyn Fn() -> bool) -> Option<Score> {
     tch::no_grad(|| {
         let n = data.len();
         let device = data.labels.device();
@@ -70,6 +76,9 @@ pub fn evaluate(model: &Mlp, data: &DeviceData) -> Score {
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut start = 0;
         while start < n {
+            if stop() {
+                return None;
+            }
             let len = EVAL_BATCH.min(n - start);
             let (x, y) = data.slice(start, len);
             let (l, c) = model::loss_and_correct(&model.forward(&x), &y);
@@ -77,10 +86,10 @@ pub fn evaluate(model: &Mlp, data: &DeviceData) -> Score {
             let _ = correct.g_add_(&c);
             start += len;
         }
-        Score {
+        Some(Score {
             loss: loss.double_value(&[]) / n as f64,
             accuracy: correct.int64_value(&[]) as f64 / n as f64,
-        }
+        })
     })
 }
 
@@ -183,7 +192,28 @@ pub fn resume(
             let start = state.step as i64 * batch;
             stepper.step(&mut state, &order, start, batch.min(n - start), epoch, lr)?;
             state.step += 1;
+            // On the CPU reading the running sum costs microseconds; a GPU is checked as the
+            // epoch ends, without a synchronisation every step.
+            if device == tch::Device::Cpu {
+                finite(state.loss_sum.double_value(&[]), epoch, Some(state.step))?;
+            }
         }
+        finite(state.loss_sum.double_value(&[]), epoch, None)?;
+        // One host alone may stop mid-validation; ranks of a multi-host job stop together at
+        // step boundaries, where they agree on it.
+        let validation = match validation {
+            Some(v) if parallel.is_none() => {
+                match evaluate_unless(&state.model, v, &|| hooks.stop_requested()) {
+                    Some(score) => Some(score),
+                    None => {
+                        hooks.stopping(&state)?;
+                        return Err(Stopped::default().into());
+                    }
+                }
+            }
+            Some(v) => Some(evaluate(&state.model, v)),
+            None => None,
+        };
         let stats = EpochStats {
             epoch: epoch + 1,
             learning_rate: lr,
@@ -191,7 +221,7 @@ pub fn resume(
                 loss: state.loss_sum.double_value(&[]) / n as f64,
                 accuracy: state.correct.int64_value(&[]) as f64 / n as f64,
             },
-            validation: validation.map(|v| evaluate(&state.model, v)),
+            validation,
             samples: n as usize,
         };
         track_best(cfg, &mut state, &stats);
@@ -208,6 +238,23 @@ pub fn resume(
         state.model.flat.shallow_clone().copy_(&best.params);
     }
     Ok(Outcome { model: state.model, epochs: state.history, early_stop: state.early_stop })
+}
+
+/// Fails training once the loss is NaN or infinite: every later step would keep it so, and a
+/// model of NaNs must not pass for a result. `step` is 1-based, where known.
+fn finite(loss_sum: f64, epoch: usize, step: Option<usize>) -> Result<()> {
+    if loss_sum.is_finite() {
+        return Ok(());
+    }
+    let at = match step {
+        Some(s) => format!("epoch {} step {s}", epoch + 1),
+        None => format!("epoch {}", epoch + 1),
+    };
+    Err(crate::error::user(format!(
+        "training diverged: the loss became {loss_sum} at {at}; the learning rate is most likely \
+         too high for this optimizer (lower learning_rate, or check lr_schedule), or beta1, \
+         beta2, epsilon, momentum or weight_decay make it unstable"
+    )))
 }
 
 /// Early stopping's bookkeeping after an epoch: remember the best, decide whether to stop.
@@ -337,6 +384,18 @@ pub(crate) mod tests {
         assert_eq!(es.stopped_after_epoch, es.best_epoch + 2);
         let best = out.epochs[es.best_epoch - 1].validation.unwrap();
         assert_eq!(evaluate(&out.model, &val), best);
+    }
+
+    #[test]
+    fn a_diverging_run_fails_naming_epoch_and_step() {
+        use crate::config::OptimizerKind;
+        let data = DeviceData::new(&toy(256, 1), Device::Cpu);
+        let c = TrainConfig { optimizer: OptimizerKind::Sgd, learning_rate: 1e30, ..cfg() };
+        let err = train(&c, &data, None, &AtomicBool::new(false), |_| {}).err().expect("diverges");
+        let msg = format!("{err:#}");
+        assert!(crate::error::is_user_error(&err), "{msg}");
+        assert!(msg.starts_with("training diverged: the loss became "), "{msg}");
+        assert!(msg.contains(" at epoch 1 step ") && msg.contains("learning_rate"), "{msg}");
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub enum Values {
         hi: usize,
     },
     /// A list of non-empty names, JSON or comma-separated.
-    Names,
+    Names {
+        max_chars: usize,
+    },
 }
 
 /// A parsed value, of the kind its key's [`Values`] allows.
@@ -227,7 +229,7 @@ pub const KEYS: &[Key] = &[
         name: "class_names",
         help: "one name per class (default: the Fashion-MNIST names for 10 classes of IDX \
                images, else 0, 1, …)",
-        values: Names,
+        values: Names { max_chars: 64 },
         default: "",
         set: |c, v| c.class_names = v.names(),
     },
@@ -344,7 +346,10 @@ impl fmt::Display for Values {
             Widths { max_len, lo, hi } => {
                 write!(f, "1 to {max_len} comma-separated whole numbers from {lo} to {hi}")
             }
-            Names => f.write_str("a comma-separated or JSON list of non-empty names"),
+            Names { max_chars } => write!(
+                f,
+                "a comma-separated or JSON list of non-empty names of at most {max_chars} characters"
+            ),
         }
     }
 }
@@ -408,10 +413,21 @@ impl Raw<'_> {
                     .ok()
                     .filter(|v: &f64| v.is_finite())
                     .ok_or_else(|| self.bad(format_args!("is not a number ({allowed})")))?;
-                let below = if *lo_open { v <= *lo } else { v < *lo };
-                let above = if *hi_open { v >= *hi } else { v > *hi };
-                if below || above {
+                let outside = |v: f64| {
+                    let below = if *lo_open { v <= *lo } else { v < *lo };
+                    let above = if *hi_open { v >= *hi } else { v > *hi };
+                    below || above
+                };
+                if outside(v) {
                     return Err(self.bad(format_args!("is out of range ({allowed})")));
+                }
+                // Training computes in float32: 0.99999999 is 1 there, 1e-46 is 0.
+                let single = v as f32 as f64;
+                if outside(single) {
+                    return Err(self.bad(format_args!(
+                        "becomes {single} in float32, the precision training uses, which is out \
+                         of range ({allowed})"
+                    )));
                 }
                 Value::Number(v)
             }
@@ -428,7 +444,7 @@ impl Raw<'_> {
                 }
             }
             Widths { max_len, lo, hi } => Value::Widths(self.widths(*max_len, *lo, *hi, &allowed)?),
-            Names => Value::Names(self.list()),
+            Names { max_chars } => Value::Names(self.names(*max_chars, &allowed)?),
         };
         Ok(value)
     }
@@ -462,6 +478,19 @@ impl Raw<'_> {
             _ => self.text().split(',').map(str::to_string).collect(),
         };
         items.into_iter().map(|s| s.trim().to_string()).collect()
+    }
+
+    /// Names no longer than `max_chars` each: a name is drawn in pictures and written into
+    /// `model.json`, and neither has room for a book.
+    fn names(&self, max_chars: usize, allowed: &str) -> Result<Vec<String>> {
+        let items = self.list();
+        match items.iter().map(|n| n.chars().count()).enumerate().find(|(_, c)| *c > max_chars) {
+            Some((i, chars)) => Err(self.bad(format_args!(
+                "has a name (number {}) of {chars} characters ({allowed})",
+                i + 1
+            ))),
+            None => Ok(items),
+        }
     }
 
     fn widths(&self, max_len: usize, lo: usize, hi: usize, allowed: &str) -> Result<Vec<usize>> {

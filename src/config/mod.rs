@@ -338,6 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn values_that_leave_their_range_in_float32_are_refused() {
+        for (key, value, becomes) in [
+            ("beta1", "0.99999999", "becomes 1 in float32"),
+            ("beta2", "0.99999999", "becomes 1 in float32"),
+            ("epsilon", "1e-46", "becomes 0 in float32"),
+            ("learning_rate", "4.9e-324", "becomes 0 in float32"),
+        ] {
+            let e = err(&[(key, value)]);
+            assert!(e.contains(&format!("\"{key}\"")) && e.contains(becomes), "{e}");
+            assert!(e.contains("allowed:"), "{e}");
+        }
+        assert_eq!(parse(&[("beta2", "0.9999999")]).unwrap().beta2, 0.9999999);
+        assert_eq!(parse(&[("epsilon", "1e-40")]).unwrap().epsilon, 1e-40);
+    }
+
+    #[test]
+    fn class_names_longer_than_64_characters_are_refused_by_number() {
+        let ok = format!("{},b", "é".repeat(64));
+        let cfg = parse(&[("num_classes", "2"), ("class_names", &ok)]).unwrap();
+        assert_eq!(cfg.class_names[0].chars().count(), 64);
+        let long = format!("a,{}", "x".repeat(50_000));
+        let e = err(&[("num_classes", "2"), ("class_names", &long)]);
+        assert!(e.starts_with("hyperparameter \"class_names\": value"), "{e}");
+        assert!(e.contains("has a name (number 2) of 50000 characters"), "{e}");
+        assert!(e.contains("at most 64 characters"), "{e}");
+        assert!(e.len() < 2000, "{} bytes", e.len());
+    }
+
+    #[test]
     fn platform_keys_are_ignored() {
         let cfg = parse(&[
             ("sagemaker_program", "\"train.py\""),

@@ -251,10 +251,11 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Loads a channel folder in the format its `ContentType` names.
 pub fn load_channel(channel: &str, dir: &Path, format: Format) -> Result<Dataset> {
     if !dir.is_dir() {
-        return Err(user(format!(
-            "channel \"{channel}\": folder {} does not exist",
-            dir.display()
-        )));
+        let what = match std::fs::metadata(dir) {
+            Ok(_) => "is not a folder (SageMaker puts a channel's files in a folder of its name)",
+            Err(_) => "does not exist",
+        };
+        return Err(user(format!("channel \"{channel}\": folder {} {what}", dir.display())));
     }
     let mut files = Vec::new();
     walk(dir, 0, &mut files)?;
@@ -310,9 +311,10 @@ fn load_idx_channel(channel: &str, dir: &Path, files: Vec<PathBuf>) -> Result<Da
 /// Loads an explicit images/labels pair, decompressing both at once.
 pub fn load_pair(images: &Path, labels: &Path) -> Result<Dataset> {
     let (img, lab) = std::thread::scope(|s| {
-        let img = s.spawn(|| read_idx(images));
+        let img = std::thread::Builder::new().spawn_scoped(s, || read_idx(images));
         let lab = read_idx(labels);
-        (img.join().expect("IDX reader panicked"), lab)
+        let img = img.map_err(|e| crate::error::no_thread(e, "read an images file"));
+        (img.and_then(|h| h.join().expect("IDX reader panicked")), lab)
     });
     Dataset::from_files(img?, lab?)
 }

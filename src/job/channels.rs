@@ -361,11 +361,17 @@ fn load_channels(sources: &BTreeMap<String, Source>) -> Result<BTreeMap<String, 
     std::thread::scope(|s| {
         let loads: Vec<_> = sources
             .iter()
-            .map(|(name, src)| (name, s.spawn(move || load_source(name, src))))
+            .map(|(name, src)| {
+                let load = move || load_source(name, src);
+                (name, std::thread::Builder::new().spawn_scoped(s, load))
+            })
             .collect();
         loads
             .into_iter()
-            .map(|(name, h)| Ok((name.clone(), h.join().expect("channel loader panicked")?)))
+            .map(|(name, h)| {
+                let h = h.map_err(|e| crate::error::no_thread(e, "load a channel"))?;
+                Ok((name.clone(), h.join().expect("channel loader panicked")?))
+            })
             .collect()
     })
 }

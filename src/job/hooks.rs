@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tracing::info;
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpointer, Encoded};
 use crate::config::TrainConfig;
 use crate::metrics::{self, EpochMetrics};
 use crate::state::{EpochStats, TrainState};
@@ -21,9 +21,28 @@ pub(super) struct JobHooks<'a> {
     pub(super) stop: &'a AtomicBool,
     pub(super) checkpointer: Checkpointer,
     pub(super) metrics: Vec<EpochMetrics>,
-    pub(super) last: Instant,
+    pub(super) epoch_started: Instant,
     /// Where training stood when a stop was requested, for the failure reason.
     pub(super) stopped_at: Option<String>,
+    /// The finished run's checkpoint (the first host's), for a stop after training.
+    pub(super) last: Option<Final>,
+}
+
+/// The finished state's checkpoint: written, or (with `checkpoint_interval=0`) made and kept
+/// for a stop that comes before the job ends.
+pub(super) enum Final {
+    Written(std::path::PathBuf),
+    Pending(Encoded),
+}
+
+impl Final {
+    /// The checkpoint's file, written now if it was pending.
+    pub(super) fn write(self, checkpointer: &mut Checkpointer) -> Result<std::path::PathBuf> {
+        match self {
+            Final::Written(path) => Ok(path),
+            Final::Pending(encoded) => checkpointer.write(&encoded),
+        }
+    }
 }
 
 impl Hooks for JobHooks<'_> {
@@ -32,7 +51,7 @@ impl Hooks for JobHooks<'_> {
     }
 
     fn epoch_done(&mut self, s: &EpochStats, state: &TrainState) -> Result<()> {
-        let seconds = self.last.elapsed().as_secs_f64();
+        let seconds = self.epoch_started.elapsed().as_secs_f64();
         let m = EpochMetrics {
             epoch: s.epoch,
             learning_rate: s.learning_rate,
@@ -57,9 +76,14 @@ impl Hooks for JobHooks<'_> {
         let interval = self.cfg.checkpoint_interval;
         let due = interval > 0 && (s.epoch.is_multiple_of(interval) || state.finished(self.cfg));
         if self.leader && due {
-            self.checkpointer.save(state, &self.metrics)?;
+            let path = self.checkpointer.save(state, &self.metrics)?;
+            if state.finished(self.cfg) {
+                self.last = Some(Final::Written(path));
+            }
+        } else if self.leader && state.finished(self.cfg) {
+            self.last = Some(Final::Pending(self.checkpointer.prepare(state, &self.metrics)?));
         }
-        self.last = Instant::now();
+        self.epoch_started = Instant::now();
         Ok(())
     }
 

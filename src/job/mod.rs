@@ -12,7 +12,7 @@ mod hosts;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -33,7 +33,7 @@ use crate::state::{DeviceData, Score, TrainState};
 use crate::train::{self, Outcome};
 use crate::{budget, report};
 pub use channels::{default_sources, resolve_channels, Data, Source, CHANNELS, DEFAULT_DATA_DIR};
-use hooks::JobHooks;
+use hooks::{Final, JobHooks};
 
 /// What the command line adds to the contract's files.
 #[derive(Debug, Clone, Default)]
@@ -77,12 +77,14 @@ fn check_memory(cfg: &TrainConfig, train: &Dataset, dev: tch::Device) -> Result<
 
 /// Runs the job described under `paths` and `opts`.
 pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> {
+    before_training(stop, "starting")?;
     let files = JobFiles::read(paths)?;
     let mut cfg = resolve_config(paths, &files)?;
     let topology = Topology::new(&files.resources, cfg.distributed_port);
     let sharded = topology.world() > 1 && hosts::train_is_sharded(paths, &files, &cfg)?;
     let mut data = channels::load(paths, &files, opts, &cfg, stop)?;
     check_augmentation(&cfg, &data.train)?;
+    before_training(stop, "loading the data")?;
     let group = join_group(&topology, &cfg, stop)?;
     let parallel = match &group {
         Some(g) if sharded => {
@@ -100,9 +102,38 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
             return Ok(worker);
         }
     }
-    let test = score_test(&trained.outcome.model, data.test.as_ref(), placement.device);
-    write_results(paths, &cfg, &data, &trained, test, &placement)?;
-    Ok(Summary::Trained { test, model_dir: paths.model_dir() })
+    let mut trained = trained;
+    let finished = score_test(&trained.outcome.model, data.test.as_ref(), placement.device, stop)
+        .and_then(|test| {
+            write_results(paths, &cfg, &data, &trained, test, &placement, stop).map(|()| test)
+        });
+    match finished {
+        Ok(test) => Ok(Summary::Trained { test, model_dir: paths.model_dir() }),
+        Err(e) => match e.downcast::<Stopped>() {
+            Ok(Stopped(stage)) => Err(trained.stopped(&stage)),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Ends the job before training began when a stop was requested: `Stopped` naming `stage`.
+fn before_training(stop: &AtomicBool, stage: &str) -> Result<()> {
+    match stop.load(Ordering::Relaxed) {
+        true => Err(Stopped(format!(
+            " before training began, while {stage}; nothing was written, and running the job \
+             again starts it"
+        ))
+        .into()),
+        false => Ok(()),
+    }
+}
+
+/// Ends a stage after training early when a stop was requested: `Stopped` naming `stage`.
+fn unless_stopped(stop: &AtomicBool, stage: &str) -> Result<()> {
+    match stop.load(Ordering::Relaxed) {
+        true => Err(Stopped(stage.to_string()).into()),
+        false => Ok(()),
+    }
 }
 
 /// Parses the hyperparameters and logs what the job will run with.
@@ -170,6 +201,27 @@ struct Trained {
     outcome: Outcome,
     epochs: Vec<EpochMetrics>,
     seconds: f64,
+    checkpointer: Checkpointer,
+    /// The finished state's checkpoint (the first host's).
+    last: Option<Final>,
+}
+
+impl Trained {
+    /// The job's end after a stop `while` some stage after training: the finished state's
+    /// checkpoint written (if it was only prepared), and the reason saying where it is.
+    fn stopped(&mut self, stage: &str) -> anyhow::Error {
+        let saved = match self.last.take().map(|f| f.write(&mut self.checkpointer)) {
+            Some(Ok(path)) => format!(
+                "checkpoint {} holds the finished training; running the job again resumes from \
+                 it and writes the model",
+                path.display()
+            ),
+            Some(Err(e)) => format!("the final checkpoint could not be written: {e:#}"),
+            None => "no checkpoint holds it".to_string(),
+        };
+        Stopped(format!(" after training finished, while {stage}; model/ and output/data/ are left empty; {saved}"))
+            .into()
+    }
 }
 
 /// Restores or starts the training state, and trains to the end (or to a stop).
@@ -188,18 +240,14 @@ fn train_stage(
     let epoch_samples = train::epoch_len(data.train.len(), cfg.batch_size, parallel);
     let train_data = DeviceData::new(&data.train, dev);
     let validation_data = data.validation.as_ref().map(|d| DeviceData::new(d, dev));
-    let checkpoint_dir = files
-        .checkpoint
-        .as_ref()
-        .and_then(|c| c.local_path.clone())
-        .unwrap_or_else(|| paths.checkpoints_dir());
+    let (shared_dir, checkpoint_dir) = checkpoint_folders(paths, files)?;
     let steps = train::steps_per_epoch(epoch_samples as i64, cfg.batch_size);
     let checkpointer =
         Checkpointer::new(&checkpoint_dir, cfg, &data.train.fingerprint, epoch_samples, steps)?;
     let leader = files.resources.is_leader();
-    let (mut state, metrics) = start_state(
+    let (mut state, metrics, restored) = start_state(
         &checkpointer,
-        &checkpoint_dir,
+        (&shared_dir, &checkpoint_dir),
         cfg,
         &data.train,
         epoch_samples,
@@ -212,14 +260,17 @@ fn train_stage(
         state.order = None;
     }
     let started = Instant::now();
+    // A run resumed from its finished checkpoint trains no epoch, and keeps that one.
+    let last = restored.filter(|_| state.finished(cfg)).map(Final::Written);
     let mut hooks = JobHooks {
         cfg,
         leader,
         stop,
         checkpointer,
         metrics,
-        last: Instant::now(),
+        epoch_started: Instant::now(),
         stopped_at: None,
+        last,
     };
     let outcome = match train::resume(
         cfg,
@@ -241,45 +292,79 @@ fn train_stage(
             "early stopping: kept the best epoch's weights"
         );
     }
-    Ok(Trained { outcome, epochs: hooks.metrics, seconds: started.elapsed().as_secs_f64() })
+    Ok(Trained {
+        outcome,
+        epochs: hooks.metrics,
+        seconds: started.elapsed().as_secs_f64(),
+        checkpointer: hooks.checkpointer,
+        last: hooks.last,
+    })
 }
 
-/// The state training starts from: the first host's newest usable checkpoint, or a fresh
-/// model; in a multi-host job every rank takes the first host's.
+/// The checkpoint folder SageMaker syncs (`checkpointconfig.json`'s `LocalPath`, else
+/// `checkpoints/`), and this job's own folder in it, named after `TRAINING_JOB_NAME` when set.
+fn checkpoint_folders(paths: &Paths, files: &JobFiles) -> Result<(PathBuf, PathBuf)> {
+    let shared = files
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.local_path.clone())
+        .unwrap_or_else(|| paths.checkpoints_dir());
+    let name = match std::env::var("TRAINING_JOB_NAME") {
+        Ok(name) if !name.is_empty() => {
+            crate::s3::location::check_job_name(&name)
+                .map_err(|e| crate::error::user(format!("TRAINING_JOB_NAME: {e}")))?;
+            Some(name)
+        }
+        _ => None,
+    };
+    let own = checkpoint::job_folder(&shared, name.as_deref());
+    Ok((shared, own))
+}
+
+/// The state training starts from: the first host's newest usable checkpoint (its path too), or
+/// a fresh model; in a multi-host job every rank takes the first host's.
 #[allow(clippy::too_many_arguments)]
 fn start_state(
     checkpointer: &Checkpointer,
-    checkpoint_dir: &std::path::Path,
+    (shared_dir, checkpoint_dir): (&std::path::Path, &std::path::Path),
     cfg: &TrainConfig,
     train_set: &Dataset,
     epoch_samples: usize,
     dev: tch::Device,
     leader: bool,
     parallel: Option<&Parallel>,
-) -> Result<(TrainState, Vec<EpochMetrics>)> {
+) -> Result<(TrainState, Vec<EpochMetrics>, Option<PathBuf>)> {
     // Only the first host reads and writes checkpoints; the others start from what it sends.
     let mine = if !leader {
         None
     } else if cfg.start_fresh {
         info!(dir = %checkpoint_dir.display(), "start_fresh: not resuming from existing checkpoints");
-        Some((TrainState::new(cfg, train_set.features(), dev), Vec::new()))
+        Some((TrainState::new(cfg, train_set.features(), dev), Vec::new(), None))
     } else {
-        let restored = checkpoint::load_latest(
-            checkpoint_dir,
-            cfg,
-            &train_set.fingerprint,
-            epoch_samples,
-            train_set.features(),
-            dev,
-        )?;
+        let (fp, features) = (&train_set.fingerprint, train_set.features());
+        let mut restored =
+            checkpoint::load_latest(checkpoint_dir, cfg, fp, epoch_samples, features, dev)?;
+        if restored.is_none() && shared_dir != checkpoint_dir {
+            restored = checkpoint::load_earlier_job(
+                shared_dir,
+                checkpoint_dir,
+                cfg,
+                fp,
+                epoch_samples,
+                features,
+                dev,
+            )?;
+        }
         Some(match restored {
-            Some(r) => (r.state, r.metrics),
-            None => (TrainState::new(cfg, train_set.features(), dev), Vec::new()),
+            Some(r) => (r.state, r.metrics, Some(r.path)),
+            None => (TrainState::new(cfg, train_set.features(), dev), Vec::new(), None),
         })
     };
     match parallel {
         Some(p) => {
+            let mine = mine.map(|(state, metrics, _)| (state, metrics));
             hosts::share_start(p.group, checkpointer, mine, cfg, train_set, epoch_samples, dev)
+                .map(|(state, metrics)| (state, metrics, None))
         }
         None => Ok(mine.expect("a single host is the leader")),
     }
@@ -290,11 +375,18 @@ fn score_test(
     model: &crate::model::Mlp,
     test: Option<&Dataset>,
     dev: tch::Device,
-) -> Option<Score> {
-    let score = train::evaluate(model, &DeviceData::new(test?, dev));
+    stop: &AtomicBool,
+) -> Result<Option<Score>> {
+    const STAGE: &str = "scoring the test set";
+    let Some(test) = test else { return Ok(None) };
+    unless_stopped(stop, STAGE)?;
+    let score = train::evaluate_unless(model, &DeviceData::new(test, dev), &|| {
+        stop.load(Ordering::Relaxed)
+    })
+    .ok_or_else(|| Stopped(STAGE.into()))?;
     println!("{}", metrics::test_line(&score));
     info!(loss = format!("{:.4}", score.loss), accuracy = format!("{:.4}", score.accuracy), "test");
-    Some(score)
+    Ok(Some(score))
 }
 
 /// Writes the model folder, then `output/data/` (the evaluation and the pictures).
@@ -305,6 +397,7 @@ fn write_results(
     trained: &Trained,
     test: Option<Score>,
     placement: &Placement,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let mut records = BTreeMap::new();
     for (name, set) in [
@@ -338,6 +431,7 @@ fn write_results(
         train_seconds: trained.seconds,
     };
     let model_dir = paths.model_dir();
+    unless_stopped(stop, "writing the model")?;
     artifacts::write_model_dir(&model_dir, model, &card, &metrics)?;
     info!(dir = %model_dir.display(), "model written");
     let report = report::Inputs {
@@ -348,6 +442,7 @@ fn write_results(
         validation: data.validation.as_ref(),
         test: data.test.as_ref().zip(test),
         metrics: &metrics,
+        stop,
     };
     let written = report::write(&paths.output_data_dir(), &report)?;
     info!(dir = %paths.output_data_dir().display(), files = written.len(), "output data written");

@@ -49,7 +49,10 @@ pub fn confusion_layout(class_names: &[String]) -> ConfusionLayout {
     let cell = (CONFUSION_GRID / k).clamp(4, 72);
     let names = cell >= 18;
     let longest = if names {
-        class_names.iter().map(|n| text_width(n, LABEL_SIZE, false)).max().unwrap_or(0)
+        (0..class_names.len())
+            .map(|c| text_width(&class_name(class_names, c), LABEL_SIZE, false))
+            .max()
+            .unwrap_or(0)
     } else {
         30
     };

@@ -225,13 +225,20 @@ fn title(area: &Area, s: &str, width: u32) -> DrawResult<()> {
     text(area, s, (width as i32 / 2, 34), 22, true, &TEXT, HPos::Center)
 }
 
-/// The longest prefix of `s` (ending in "…") that fits in `width` pixels.
+/// The most characters [`fit_text`] looks at: more never fit in a picture's text.
+const FIT_CHARS: usize = 200;
+
+/// The longest prefix of `s` (ending in "…") that fits in `width` pixels. Only characters the
+/// pen reaches before `width` are tried, so its time does not grow with the length of `s`.
 fn fit_text(s: &str, size: u32, width: u32) -> String {
-    if text_width(s, size, false) <= width {
+    let head: String = s.chars().take(FIT_CHARS).collect();
+    if head.len() == s.len() && text_width(s, size, false) <= width {
         return s.to_string();
     }
-    let chars: Vec<char> = s.chars().collect();
-    (0..chars.len())
+    let (glyphs, _) = layout(&head, size, false);
+    let within = glyphs.iter().take_while(|g| g.position.x <= width as f32).count();
+    let chars: Vec<char> = head.chars().take(within).collect();
+    (0..=chars.len())
         .rev()
         .map(|n| chars[..n].iter().collect::<String>() + "…")
         .find(|t| text_width(t, size, false) <= width)
@@ -309,8 +316,14 @@ impl Grid {
     }
 }
 
+/// The most pixels a class name takes in any picture (at the captions' 16 px).
+const NAME_WIDTH: u32 = 200;
+
+/// Class `c`'s name, cut to [`NAME_WIDTH`]: a long name would otherwise widen the confusion
+/// matrix's margins, and its canvas, without bound.
 fn class_name(names: &[String], c: usize) -> String {
-    names.get(c).cloned().unwrap_or_else(|| c.to_string())
+    let name = names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    fit_text(&name, 16, NAME_WIDTH)
 }
 
 /// `12345` as `12,345`.

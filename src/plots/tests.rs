@@ -250,3 +250,26 @@ fn png_round_trips() {
     assert_eq!(back, img);
     assert_eq!(back.get_pixel(SAMPLES_IMAGE.0, SAMPLES_IMAGE.1), [255; 3], "pixel 0 is white");
 }
+
+/// Class names are cut in every picture: ten of 50,000 characters each draw in moments, at the
+/// size short names give, and a cut name still shows its start.
+#[test]
+fn long_class_names_are_cut_and_cost_no_time() {
+    let long: Vec<String> = (0..10).map(|i| format!("class {i} ") + &"W".repeat(50_000)).collect();
+    let started = std::time::Instant::now();
+    let (images, labels, p) = predictions_fixture();
+    let m: Vec<Vec<u64>> = (0..10).map(|t| (0..10).map(|p| (t == p) as u64).collect()).collect();
+    let confusion_img = confusion(&m, &long, "test", 1.0).unwrap();
+    let l = confusion_layout(&long);
+    assert_eq!(confusion_img.dimensions(), (l.width, l.height));
+    assert!(l.width <= 1200 && l.height <= 1200, "{l:?}");
+    let shown = predictions(&images, &labels, (28, 28), &p, &long, "test").unwrap();
+    assert_eq!(shown.dimensions(), PREDICTIONS.size(15));
+    let drawn = samples(&images, &labels, (28, 28), &long).unwrap();
+    assert_eq!(drawn.dimensions(), SAMPLES.size(16));
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    let cut = class_name(&long, 3);
+    assert!(cut.starts_with("class 3 W") && cut.ends_with('…'), "{cut}");
+    assert!(text_width(&cut, 16, false) <= NAME_WIDTH);
+}

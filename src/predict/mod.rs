@@ -24,6 +24,7 @@ use tch::Tensor;
 
 use crate::artifacts;
 use crate::data::Input;
+use crate::error::one_clean_line;
 use crate::evaluation::{self, Predictions};
 use crate::files;
 
@@ -166,7 +167,7 @@ pub fn main(opts: &Options, out_file: Option<&Path>) -> u8 {
     let loaded = match load_model(&opts.model) {
         Ok(l) => l,
         Err(e) => {
-            let _ = writeln!(err, "error: {e:#}");
+            let _ = writeln!(err, "error: {}", one_clean_line(&format!("{e:#}")));
             return EXIT_FAILED;
         }
     };
@@ -205,7 +206,7 @@ pub fn main(opts: &Options, out_file: Option<&Path>) -> u8 {
         // A reader that stopped early (`| head`) is not an error worth a message.
         Err(e) if broken_pipe(&e) => EXIT_FAILED,
         Err(e) => {
-            let _ = writeln!(err, "error: {e:#}");
+            let _ = writeln!(err, "error: {}", one_clean_line(&format!("{e:#}")));
             EXIT_FAILED
         }
     }
@@ -263,7 +264,8 @@ pub fn run(
             Ok(done) => done,
             Err(why) => {
                 summary.failed += 1;
-                let _ = writeln!(err, "error: {}: {why}", path.display());
+                let why = one_clean_line(&format!("{}: {why}", path.display()));
+                let _ = writeln!(err, "error: {why}");
                 continue;
             }
         };

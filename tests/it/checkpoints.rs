@@ -246,3 +246,18 @@ fn checkpointconfig_local_path_is_honoured() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     assert!(checkpoints(&job).is_empty());
 }
+
+/// A checkpoint of other layer sizes fails the shape checks before the settings are compared;
+/// the reason still names the key (`hidden_units`), not tensor shapes.
+#[test]
+fn a_checkpoint_of_other_layer_sizes_names_hidden_units() {
+    let job = Job::small(&[("epochs", "1"), ("hidden_units", "64")]);
+    job.run().ok();
+    job.hyperparameters(&[("epochs", "2"), ("hidden_units", "256")]);
+    let run = job.run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    assert!(failure.contains("other hyperparameters: hidden_units"), "{failure}");
+    assert!(!failure.contains("F32") && !failure.contains("expected"), "{failure}");
+}

@@ -201,3 +201,13 @@ fn make_train_trains_afresh_each_time() {
     let again = make_train("2");
     assert!(again.contains("metrics: epoch=1 ") && again.contains("metrics: epoch=2 "), "{again}");
 }
+
+/// A UTF-8 byte order mark (what Windows editors write) before `hyperparameters.json` is
+/// accepted and means nothing.
+#[test]
+fn a_byte_order_mark_before_the_hyperparameters_is_accepted() {
+    let job = Job::small(&[]);
+    job.write("input/config/hyperparameters.json", "\u{feff}{\"epochs\": \"1\"}");
+    let run = job.run().ok();
+    assert_eq!(run.stdout().matches("metrics: epoch=").count(), 1, "{}", run.stdout());
+}

@@ -174,7 +174,8 @@ fn image_is_slim_labelled_and_has_an_exec_form_entrypoint() {
     let size = info["Size"].as_u64().unwrap();
     assert!(size <= 600_000_000, "the cpu image is {size} bytes, over the 600 MB budget");
     let config = &info["Config"];
-    assert_eq!(config["Entrypoint"], serde_json::json!(["/opt/smtrain/train"]));
+    let entrypoint = serde_json::json!(["/opt/smtrain/smtrain-init", "/opt/smtrain/train"]);
+    assert_eq!(config["Entrypoint"], entrypoint);
     assert_eq!(config["Cmd"], serde_json::json!(["train"]));
     let labels = &config["Labels"];
     assert_eq!(labels["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"));
@@ -196,7 +197,7 @@ fn image_is_slim_labelled_and_has_an_exec_form_entrypoint() {
         set -u
         ls /opt/smtrain/lib
         echo ---
-        ldd /opt/smtrain/train /opt/smtrain/lib/*.so* | grep -c 'not found'
+        ldd /opt/smtrain/train /opt/smtrain/smtrain-init /opt/smtrain/lib/*.so* | grep -c 'not found'
         echo ---
         for t in cargo rustc rustup gcc cc g++ c++ ld make python3 pip pip3 strip; do
           command -v $t
@@ -433,6 +434,55 @@ fn stop_during_training(image: &str, signal: &str) -> Job {
         .collect();
     assert!(!checkpoints.is_empty(), "no checkpoint after {signal}");
     job
+}
+
+/// `docker stop` at any moment after `docker run` returns, the first included: the binary is
+/// PID 1, and a stop before its handler exists (while the loader maps libtorch and libtorch
+/// initialises) must not be dropped. Exit 143, a `Stopped:` line, nothing that looks complete.
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn docker_stop_in_the_first_second_is_never_lost() {
+    let image = image();
+    for ms in [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000] {
+        let job = Job::small(STOP_HP);
+        let c = Container::new();
+        let mut args = vec!["run", "--detach", "--name", c.name(), "--env", "OMP_NUM_THREADS=1"];
+        let mounts = mounts(&job);
+        args.extend(mounts.iter().map(String::as_str));
+        args.extend([image.as_str(), "train"]);
+        let started = docker(&args);
+        assert!(started.status.success(), "{}", text(&started.stderr));
+        std::thread::sleep(Duration::from_millis(ms));
+        let start = Instant::now();
+        let sent = docker(&["stop", "--time", "60", c.name()]);
+        assert!(sent.status.success(), "{}", text(&sent.stderr));
+        let code = c.wait();
+        let took = start.elapsed();
+        let (_, stderr) = c.logs();
+        assert_eq!(code, 143, "docker stop {ms} ms after the start: exit {code}\n{stderr}");
+        assert!(took < Duration::from_secs(10), "{ms} ms: took {took:?} to stop");
+        let failure = job.failure().unwrap_or_else(|| panic!("{ms} ms: no failure file"));
+        assert!(failure.starts_with("Stopped: stopped by SIGTERM"), "{ms} ms: {failure}");
+        assert!(!job.succeeded(), "{ms} ms");
+        assert!(job.model_files().is_empty(), "{ms} ms: {:?}", job.model_files());
+    }
+}
+
+/// `docker run --pids-limit 4`: too few for the threads that load the channels. A reason that
+/// names the limit, not a panic.
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn a_pids_limit_too_low_for_the_loaders_is_named() {
+    let image = image();
+    let job = Job::small(&[("epochs", "1")]);
+    let mut extra = mounts(&job);
+    extra.extend(["--pids-limit".to_string(), "4".to_string()]);
+    let out = run(&image, &extra, &["train"]);
+    let failure = job.failure().unwrap_or_else(|| panic!("no failure: {}", text(&out.stderr)));
+    assert_eq!(out.status.code(), Some(2), "{failure}");
+    assert!(failure.starts_with("InternalError: cannot start a thread to "), "{failure}");
+    assert!(failure.contains("--pids-limit") && !failure.contains("panic"), "{failure}");
+    assert!(!job.succeeded());
 }
 
 /// `docker stop` mid-training, then the same job run again (as SageMaker restarts a spot job with

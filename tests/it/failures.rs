@@ -116,3 +116,55 @@ fn cuda_without_a_gpu() {
     let job = Job::small(&[("device", "cuda")]);
     fails_with(&job, &["\"device\" is cuda", "no NVIDIA driver"]);
 }
+
+/// A learning rate that makes the loss NaN fails the job with a reason, never a NaN model with
+/// `output/success`; values that become 0 or 1 in float32 are refused before training.
+#[test]
+fn a_diverging_run_or_a_value_lost_in_float32_is_a_client_error() {
+    // AdamW multiplies the weights by 1 - learning_rate * weight_decay = -9 each step.
+    let hp = [("optimizer", "adamw"), ("learning_rate", "10"), ("weight_decay", "1")];
+    let job = Job::small(&hp);
+    fails_with(&job, &["training diverged", "at epoch 1 step ", "learning_rate"]);
+    for (key, value) in
+        [("beta1", "0.99999999"), ("epsilon", "1e-46"), ("learning_rate", "4.9e-324")]
+    {
+        let job = Job::small(&[(key, value)]);
+        fails_with(&job, &[key, "in float32"]);
+    }
+}
+
+/// Control characters in a key (NUL, ESC, VT, FF, NEL, U+2028) reach the failure file escaped:
+/// the reason stays one clean line.
+#[test]
+fn control_characters_in_a_key_are_escaped_in_the_reason() {
+    let job = Job::small(&[("lr\u{0}\u{1b}[31m\u{b}\u{c}\u{85}\u{2028}x", "1")]);
+    let failure = fails_with(&job, &["unknown hyperparameter", "\\u{1b}[31m", "\\u{2028}"]);
+    let raw: Vec<char> =
+        failure.trim_end().chars().filter(|c| c.is_control() || *c == '\u{2028}').collect();
+    assert!(raw.is_empty(), "{failure:?}");
+}
+
+/// A regular file where SageMaker puts a channel's folder is named for what it is.
+#[test]
+fn a_file_in_place_of_a_channel_folder_is_named_as_such() {
+    let job = Job::small(&[]);
+    std::fs::remove_dir_all(job.path("input/data/test")).unwrap();
+    job.write("input/data/test", b"not a folder");
+    fails_with(&job, &["channel \"test\"", "is not a folder"]);
+}
+
+/// A `LocalPath` the system cannot make (a name over 255 bytes, a path over 4095) is the job's
+/// mistake, named as such, not an InternalError from deep in the checkpoint code.
+#[test]
+fn an_impossible_checkpoint_local_path_is_a_client_error() {
+    for (local, why) in [
+        (format!("/tmp/{}", "x".repeat(300)), "255 bytes"),
+        (format!("/tmp/{}", "a/".repeat(2100)), "4095 bytes"),
+        ("relative/ckpt".to_string(), "not an absolute path"),
+    ] {
+        let job = Job::small(&[("epochs", "1")]);
+        let config = serde_json::json!({ "LocalPath": local, "S3Uri": "s3://b/p" });
+        job.write("input/config/checkpointconfig.json", serde_json::to_vec(&config).unwrap());
+        fails_with(&job, &["checkpointconfig.json", "LocalPath", why]);
+    }
+}

@@ -15,5 +15,7 @@ mod reliability;
 mod s3;
 mod serve;
 mod tables;
+mod stops;
 mod training;
+mod trials;
 mod util;

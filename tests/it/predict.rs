@@ -298,3 +298,22 @@ fn a_model_that_cannot_be_loaded_or_a_bad_option_classifies_nothing() {
     .ok();
     assert_eq!(run.stdout().lines().count(), 200);
 }
+
+/// A picture given as the model (`--model x.png`): the reason names the file in one clean line,
+/// without the picture's bytes (CR, LF, SUB) reaching the terminal.
+#[test]
+fn a_picture_given_as_the_model_gives_one_clean_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend((0..900u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let path = dir.path().join("x.png");
+    std::fs::write(&path, &png).unwrap();
+    let out = predict_cmd(&path).arg(&path).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.starts_with("error: model archive "), "{stderr:?}");
+    assert!(stderr.contains("x.png"), "{stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    let raw: Vec<char> = stderr.trim_end().chars().filter(|c| c.is_control()).collect();
+    assert!(raw.is_empty(), "{stderr:?}");
+}

@@ -58,6 +58,13 @@ fn omp_num_threads_beyond_the_cap_is_refused() {
         failure.contains("OMP_NUM_THREADS=999999 is out of range (allowed: 1 to 1024"),
         "{failure}"
     );
+    // A typo is refused as 0 is; libgomp's list for nested levels is left to it.
+    let run = Run(job.command().env("OMP_NUM_THREADS", "abc").output().unwrap());
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.contains("OMP_NUM_THREADS=\"abc\" is not a whole number"), "{failure}");
+    let listed = Job::small(&[("epochs", "1")]);
+    Run(listed.command().env("OMP_NUM_THREADS", "1,1").output().unwrap()).ok();
 }
 
 /// An abort (what a failed allocation or a fatal libtorch error ends in) still leaves a reason,
@@ -341,4 +348,68 @@ fn stale_download_folders_are_cleaned_at_the_next_start() {
     job.write("input/data/.train.download-99999/blob.bin.part", vec![0u8; 4096]);
     job.run().ok();
     assert_eq!(names_in(&job.path("input/data")), ["test", "train"]);
+}
+
+/// Under a file size limit (`ulimit -f`) below a checkpoint's size: no death by SIGXFSZ (exit
+/// 153 without a word), but a failure that names the limit, and no partial file left behind.
+#[test]
+fn a_file_size_limit_is_reported_and_leaves_no_partial_file() {
+    use std::os::unix::process::CommandExt;
+    // The default network's checkpoint is about 1.2 MB; the failure file is far below 256 KiB.
+    let job = Job::small(&[("epochs", "1")]);
+    let mut cmd = job.command();
+    // SAFETY: setrlimit is async-signal-safe, as the child between fork and exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 256 << 10, rlim_max: 256 << 10 };
+            match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let out = cmd.output().unwrap();
+    let failure = job.failure().unwrap_or_else(|| panic!("{:?}: no failure file", out.status));
+    assert_eq!(out.status.code(), Some(2), "{failure}");
+    assert!(failure.starts_with("InternalError: "), "{failure}");
+    assert!(failure.contains("File too large") && failure.contains("ulimit -f"), "{failure}");
+    let left: Vec<String> = crate::util::names_in(&job.path("checkpoints"))
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(job.model_files().is_empty(), "{:?}", job.model_files());
+    assert!(!job.succeeded());
+}
+
+/// Partial checkpoints that a killed run left (its temporary names) are removed at the next
+/// start, since SageMaker would sync them to S3; other files there are not ours to touch.
+#[test]
+fn a_killed_runs_partial_checkpoint_is_removed_at_the_next_start() {
+    let job = Job::small(&[("epochs", "1")]);
+    job.write("checkpoints/.checkpoint-000000000032.safetensors.4242.tmp", b"half a file");
+    job.write("checkpoints/notes.txt", b"the user's");
+    job.run().ok();
+    let names = crate::util::names_in(&job.path("checkpoints"));
+    assert_eq!(names, ["checkpoint-000000000032.safetensors", "notes.txt"]);
+}
+
+/// `model/` as a link to another folder: refused before anything is cleared, so a file there
+/// that this run never wrote (a `model.json`) is left alone.
+#[test]
+fn a_model_folder_that_is_a_link_is_refused_and_its_files_left_alone() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("model.json"), b"someone else's").unwrap();
+    let job = Job::small(&[("epochs", "1"), ("hidden_units", "0")]);
+    std::os::unix::fs::symlink(elsewhere.path(), job.path("model")).unwrap();
+    let run = job.run();
+    assert_eq!(run.code(), Some(1), "{}", run.stderr());
+    let failure = job.failure().unwrap();
+    assert!(failure.starts_with("ClientError: "), "{failure}");
+    for needle in ["model", "is a symbolic link", "real folders"] {
+        assert!(failure.contains(needle), "{failure}");
+    }
+    assert!(failure.contains(&elsewhere.path().display().to_string()), "{failure}");
+    let kept = std::fs::read(elsewhere.path().join("model.json")).unwrap();
+    assert_eq!(kept, b"someone else's");
 }

@@ -108,7 +108,8 @@ impl Job {
             .arg(self.base())
             .env("OMP_NUM_THREADS", "1")
             .env("RUST_LOG", "info")
-            .env_remove("SAGEMAKER_BASE_DIR");
+            .env_remove("SAGEMAKER_BASE_DIR")
+            .env_remove("TRAINING_JOB_NAME");
         cmd
     }
 
