@@ -579,7 +579,11 @@ fn other_hyperparameters(name: &str, diffs: &[String]) -> anyhow::Error {
 /// limit); `None` when they agree or the header cannot be read.
 fn other_settings(path: &Path, cfg: &TrainConfig) -> Option<Vec<String>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Regular files only, opened without blocking: a FIFO planted there must not hang the job.
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
+    let mut file = file.metadata().ok()?.is_file().then_some(file)?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
     // The header holds the metrics of at most 100,000 epochs: far below this.
@@ -788,6 +792,10 @@ mod tests {
             })
             .collect();
         state.epoch = metrics.len();
+        // The metadata must add up: 2-step epochs, so two optimizer steps per epoch so far.
+        let [(_, first), (_, second)] = state.optimizer.state();
+        let (first, second) = (first.copy(), second.copy());
+        state.optimizer.restore(&first, &second, 2 * metrics.len() as u64);
         state.best = Some(Best { loss: next(), epoch: 7, params: state.model.flat.copy() });
         let mut ck = Checkpointer::new(dir.path(), &cfg, "fp", 64, 2).unwrap();
         ck.save(&state, &metrics).unwrap();
