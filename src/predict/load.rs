@@ -90,7 +90,9 @@ pub fn extract_model(archive: &Path, dir: &Path) -> Result<()> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let limit = match name {
             MODEL_FILE => MAX_CARD,
-            WEIGHTS_FILE => MAX_WEIGHTS,
+            // With model.json already read, the weights may be no larger than its layers need
+            // (what loading checks too): a header claiming more is refused before any write.
+            WEIGHTS_FILE => weights_limit(dir).unwrap_or(MAX_WEIGHTS),
             _ => continue,
         };
         let parent: PathBuf = path
@@ -135,6 +137,15 @@ pub fn extract_model(archive: &Path, dir: &Path) -> Result<()> {
         bail!("{}: {MODEL_FILE} and {WEIGHTS_FILE} are in different folders", what());
     }
     Ok(())
+}
+
+/// The most bytes `model.safetensors` may hold for the `model.json` already extracted into
+/// `dir`: its layers' float32 weights and a header of at most `MAX_CARD`. `None` before that
+/// card is there, or when it cannot be read (loading then says why).
+fn weights_limit(dir: &Path) -> Option<u64> {
+    let card: ModelCard = serde_json::from_slice(&fs::read(dir.join(MODEL_FILE)).ok()?).ok()?;
+    let params = crate::model::param_count_checked(&card.architecture.layer_sizes)?;
+    (params as u64).checked_mul(4)?.checked_add(MAX_CARD).map(|n| n.min(MAX_WEIGHTS))
 }
 
 #[cfg(test)]
@@ -251,6 +262,15 @@ mod tests {
                     (WEIGHTS_FILE, Regular, &weights, None),
                 ],
                 "over the 16777216-byte limit",
+            ),
+            (
+                // A weights header claiming far more than model.json's layers need, refused
+                // from the header before anything is written.
+                vec![
+                    (MODEL_FILE, Regular, &card, None),
+                    (WEIGHTS_FILE, Regular, &weights, Some(1 << 30)),
+                ],
+                "model.safetensors is 1073741824 bytes, over the 16828136-byte limit",
             ),
             (
                 vec![
