@@ -38,7 +38,7 @@ fn checkpoints(job: &Job) -> Vec<PathBuf> {
 }
 
 /// Starts the job and returns once it has printed `lines` metric lines.
-fn start_until(job: &Job, lines: usize) -> Child {
+pub(crate) fn start_until(job: &Job, lines: usize) -> Child {
     let mut child = job.command().stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     for _ in 0..lines {
