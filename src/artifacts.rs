@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::config::TrainConfig;
-use crate::data::{Input, Standardize};
+use crate::data::{Input, Shape, Standardize};
 use crate::files;
 use crate::metrics::Metrics;
 use crate::model::{self, Mlp};
@@ -87,9 +87,13 @@ fn image_kind() -> String {
 impl InputSpec {
     pub fn new(input: &Input, scaling: Option<&Standardize>) -> Self {
         match input {
-            Input::Image { rows, cols } => Self {
+            // Grey images keep the two-number shape Fashion-MNIST models have always had.
+            Input::Image(shape) => Self {
                 kind: image_kind(),
-                shape: vec![*rows, *cols],
+                shape: match shape.channels {
+                    1 => vec![shape.rows, shape.cols],
+                    c => vec![shape.rows, shape.cols, c],
+                },
                 dtype: "uint8".into(),
                 scale: 1.0 / 255.0,
                 features: None,
@@ -109,14 +113,15 @@ impl InputSpec {
     /// The input this card describes, checked against the first layer's width.
     pub fn input(&self, first_layer: usize) -> std::result::Result<Input, String> {
         let input = match (self.kind.as_str(), self.shape.as_slice(), &self.features) {
-            ("image", [rows, cols], _) => Input::Image { rows: *rows, cols: *cols },
+            ("image", [rows, cols], _) => Input::Image(Shape::new(*rows, *cols, 1)),
+            ("image", [rows, cols, 3], _) => Input::Image(Shape::new(*rows, *cols, 3)),
             ("table", [n], Some(names)) if names.len() == *n => {
                 Input::Table { names: names.clone() }
             }
             _ => {
                 return Err(format!(
-                    "input kind {:?} with shape {:?} is not an image [rows, cols] or a table \
-                     [features] with one name per feature",
+                    "input kind {:?} with shape {:?} is not an image [rows, cols] (grey) or \
+                     [rows, cols, 3] (RGB), or a table [features] with one name per feature",
                     self.kind, self.shape
                 ))
             }
@@ -310,7 +315,7 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<(Mlp, ModelCard)> {
 pub(crate) fn write_test_model(dir: &Path, hidden: usize) -> (Mlp, ModelCard) {
     let cfg = TrainConfig::default();
     let model = Mlp::glorot(&model::layer_sizes(784, &[hidden], 10), 1, Device::Cpu);
-    let image = Input::Image { rows: 28, cols: 28 };
+    let image = Input::Image(Shape::new(28, 28, 1));
     let card = ModelCard::new(&cfg, &model, &image, None, Default::default(), "cpu".into());
     let metrics = Metrics {
         epochs: vec![],

@@ -12,16 +12,18 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::TrainConfig;
+use crate::data::Shape;
 use crate::error::user;
 use crate::model;
 
-/// Augmentation settings for images of `rows × cols`.
+/// Augmentation settings for images of one shape; a pixel's channels move together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Augment {
     shift: usize,
     flip: bool,
     rows: usize,
     cols: usize,
+    channels: usize,
 }
 
 /// What happens to one image: a flip first (when set), then a shift by `dy` rows down and `dx`
@@ -38,9 +40,10 @@ pub struct Move {
 const STREAM: u64 = 0xA0_6000;
 
 impl Augment {
-    /// The configured augmentation for images of `rows × cols`; `None` when it is off. A shift
-    /// that would move every pixel out of the frame is a user error.
-    pub fn new(cfg: &TrainConfig, rows: usize, cols: usize) -> Result<Option<Self>> {
+    /// The configured augmentation for images of `shape`; `None` when it is off. A shift that
+    /// would move every pixel out of the frame is a user error.
+    pub fn new(cfg: &TrainConfig, shape: Shape) -> Result<Option<Self>> {
+        let (rows, cols, channels) = (shape.rows, shape.cols, shape.channels);
         let (shift, flip) = (cfg.augment_shift, cfg.augment_flip);
         if shift == 0 && !flip {
             return Ok(None);
@@ -52,7 +55,7 @@ impl Augment {
                 rows.min(cols).saturating_sub(1)
             )));
         }
-        Ok(Some(Self { shift, flip, rows, cols }))
+        Ok(Some(Self { shift, flip, rows, cols, channels }))
     }
 
     /// The moves for every row of step `step`'s batch of `batch` images.
@@ -69,8 +72,8 @@ impl Augment {
             .collect()
     }
 
-    /// Where output pixel `(r, c)` comes from in the original image (row-major index), or
-    /// `None` when it was shifted in from outside the frame.
+    /// Where output pixel `(r, c)` comes from in the original image (row-major pixel index),
+    /// or `None` when it was shifted in from outside the frame.
     fn source(&self, m: Move, r: usize, c: usize) -> Option<usize> {
         let sr = r as i64 - m.dy as i64;
         let sc = c as i64 - m.dx as i64;
@@ -81,25 +84,37 @@ impl Augment {
         Some(sr as usize * self.cols + sc as usize)
     }
 
-    /// Writes image `src` (`rows × cols` bytes) moved by `m` into `out` as floats times `scale`.
+    /// Writes image `src` (one image's bytes) moved by `m` into `out` as floats times `scale`.
     pub fn apply(&self, src: &[u8], m: Move, scale: f32, out: &mut [f32]) {
-        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
-            for (c, o) in row.iter_mut().enumerate() {
-                *o = self.source(m, r, c).map_or(0.0, |i| src[i] as f32 * scale);
+        let ch = self.channels;
+        for (r, row) in out.chunks_exact_mut(self.cols * ch).enumerate() {
+            for (c, px) in row.chunks_exact_mut(ch).enumerate() {
+                match self.source(m, r, c) {
+                    Some(i) => {
+                        for (o, &v) in px.iter_mut().zip(&src[i * ch..(i + 1) * ch]) {
+                            *o = v as f32 * scale;
+                        }
+                    }
+                    None => px.fill(0.0),
+                }
             }
         }
     }
 
-    /// For tensor devices: for each image and output pixel, the index of its source in a row of
-    /// `rows × cols + 1` values whose last value is 0 (what a gather reads for shifted-in
-    /// pixels). Row-major `moves.len() × (rows × cols)`.
+    /// For tensor devices: for each image and output value, the index of its source in a row
+    /// of `rows × cols × channels + 1` values whose last value is 0 (what a gather reads for
+    /// shifted-in pixels). Row-major `moves.len() × (rows × cols × channels)`.
     pub fn source_index(&self, moves: &[Move]) -> Vec<i64> {
-        let zero = (self.rows * self.cols) as i64;
-        let mut idx = Vec::with_capacity(moves.len() * self.rows * self.cols);
+        let ch = self.channels;
+        let zero = (self.rows * self.cols * ch) as i64;
+        let mut idx = Vec::with_capacity(moves.len() * zero as usize);
         for &m in moves {
             for r in 0..self.rows {
                 for c in 0..self.cols {
-                    idx.push(self.source(m, r, c).map_or(zero, |i| i as i64));
+                    let src = self.source(m, r, c);
+                    for k in 0..ch {
+                        idx.push(src.map_or(zero, |i| (i * ch + k) as i64));
+                    }
                 }
             }
         }
@@ -113,14 +128,14 @@ mod tests {
 
     fn aug(shift: usize, flip: bool) -> Augment {
         let cfg = TrainConfig { augment_shift: shift, augment_flip: flip, ..Default::default() };
-        Augment::new(&cfg, 3, 4).unwrap().unwrap()
+        Augment::new(&cfg, Shape::new(3, 4, 1)).unwrap().unwrap()
     }
 
     #[test]
     fn off_by_default_and_a_shift_must_leave_pixels_in_the_frame() {
-        assert_eq!(Augment::new(&TrainConfig::default(), 28, 28).unwrap(), None);
+        assert_eq!(Augment::new(&TrainConfig::default(), Shape::new(28, 28, 1)).unwrap(), None);
         let cfg = TrainConfig { augment_shift: 3, ..Default::default() };
-        let err = Augment::new(&cfg, 3, 4).unwrap_err().to_string();
+        let err = Augment::new(&cfg, Shape::new(3, 4, 1)).unwrap_err().to_string();
         assert!(err.contains("augment_shift") && err.contains("3×4"), "{err}");
     }
 
@@ -149,6 +164,28 @@ mod tests {
         padded.push(0);
         let mut out = vec![0f32; 12];
         for (m, row) in moves.iter().zip(idx.chunks(12)) {
+            a.apply(&img, *m, 1.0, &mut out);
+            let gathered: Vec<f32> = row.iter().map(|&i| padded[i as usize] as f32).collect();
+            assert_eq!(out, gathered, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn rgb_pixels_move_with_their_channels_alike() {
+        let cfg = TrainConfig { augment_shift: 1, augment_flip: true, ..Default::default() };
+        let a = Augment::new(&cfg, Shape::new(2, 3, 3)).unwrap().unwrap();
+        // Pixel p has channels (10p, 10p+1, 10p+2).
+        let img: Vec<u8> = (0..6u8).flat_map(|p| [10 * p, 10 * p + 1, 10 * p + 2]).collect();
+        let mut out = vec![0f32; 18];
+        a.apply(&img, Move { dy: 0, dx: 1, flip: true }, 1.0, &mut out);
+        // Mirrored rows (2 1 0 / 5 4 3), then shifted right by one with 0 let in.
+        let px = |p: f32| [10.0 * p, 10.0 * p + 1.0, 10.0 * p + 2.0];
+        let want: Vec<f32> = [[0.0; 3], px(2.0), px(1.0), [0.0; 3], px(5.0), px(4.0)].concat();
+        assert_eq!(out, want);
+        let moves = a.moves(1, 2, 3, 10);
+        let mut padded = img.clone();
+        padded.push(0);
+        for (m, row) in moves.iter().zip(a.source_index(&moves).chunks(18)) {
             a.apply(&img, *m, 1.0, &mut out);
             let gathered: Vec<f32> = row.iter().map(|&i| padded[i as usize] as f32).collect();
             assert_eq!(out, gathered, "{m:?}");

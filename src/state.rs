@@ -18,8 +18,8 @@ pub struct DeviceData {
     /// `n × features`, `Uint8` (images) or `Float` (tables).
     pub images: Tensor,
     pub labels: Tensor,
-    /// Each image's rows and columns; `None` for a table.
-    pub shape: Option<(usize, usize)>,
+    /// Each image's shape; `None` for a table.
+    pub shape: Option<crate::data::Shape>,
     /// What the values are multiplied by before the first layer.
     pub scale: f64,
 }

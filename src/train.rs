@@ -299,7 +299,7 @@ pub(crate) mod tests {
         Dataset {
             values: Values::Bytes(images),
             labels,
-            input: Input::Image { rows, cols },
+            input: Input::Image(crate::data::Shape::new(rows, cols, 1)),
             format: Format::Idx,
             fingerprint: String::new(),
             source: "toy".into(),

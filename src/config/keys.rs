@@ -79,6 +79,12 @@ impl Value {
     fn bool(self) -> bool {
         matches!(self, Value::Bool(true))
     }
+    fn one_of(self) -> &'static str {
+        match self {
+            Value::OneOf(name) => name,
+            _ => unreachable!("the table pairs OneOf with one_of"),
+        }
+    }
     /// A name of [`Values::OneOf`] as the enum it names (the enums deserialise their names).
     fn variant<T: DeserializeOwned>(self) -> T {
         match self {
@@ -201,6 +207,26 @@ pub const KEYS: &[Key] = &[
         values: Bool,
         default: "false",
         set: |c, v| c.augment_flip = v.bool(),
+    },
+    Key {
+        name: "image_size",
+        help: "picture channels (application/x-image): resize every picture to this height and \
+               width, one number for a square (bilinear, antialiased when shrinking; default: \
+               the first picture's size, which every picture must then have)",
+        values: Widths { max_len: 2, lo: 1, hi: 4096 },
+        default: "",
+        set: |c, v| {
+            let v = v.widths();
+            c.image_size = Some((v[0], *v.last().expect("1 or 2 numbers")));
+        },
+    },
+    Key {
+        name: "image_channels",
+        help: "picture channels (application/x-image): 1 converts every picture to grey, 3 to \
+               RGB (default: as the first picture is)",
+        values: OneOf(&["1", "3"]),
+        default: "",
+        set: |c, v| c.image_channels = Some(if v.one_of() == "1" { 1 } else { 3 }),
     },
     Key {
         name: "label_smoothing",

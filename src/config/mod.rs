@@ -81,6 +81,10 @@ pub struct TrainConfig {
     pub augment_shift: usize,
     /// Training images mirrored left to right with probability 1/2, per image and step.
     pub augment_flip: bool,
+    /// Picture channels: every picture resized to these rows and columns.
+    pub image_size: Option<(usize, usize)>,
+    /// Picture channels: every picture converted to this many channels (1 or 3).
+    pub image_channels: Option<usize>,
     /// Weight moved from the label to a uniform target over all classes.
     pub label_smoothing: f64,
     pub seed: u64,
@@ -151,6 +155,8 @@ impl TrainConfig {
             dropout: 0.0,
             augment_shift: 0,
             augment_flip: false,
+            image_size: None,
+            image_channels: None,
             label_smoothing: 0.0,
             seed: 0,
             num_classes: 0,

@@ -8,24 +8,23 @@
 //!   `index⇥label⇥path` lines, the paths relative to the channel. A channel holding a `.lst` file
 //!   is read by its lists alone.
 //!
-//! Pictures are grayscale PNG or JPEG, all of one size (the first decides); they are decoded on
-//! all cores straight into one buffer of bytes, as IDX images are held. Class folders are read
-//! in a fixed shuffled order; `.lst` files in their own order.
+//! Pictures are PNG or JPEG files of any colour type, given one shape by [`picture`]: the
+//! `image_size` and `image_channels` hyperparameters, or else the channel's first picture,
+//! decide it. They are decoded on all cores straight into one buffer of bytes, as IDX images
+//! are held. Class folders are read in a fixed shuffled order; `.lst` files in their own order.
 
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 use tracing::info;
 
+use super::picture::{self, Shape, Want};
 use super::{table, Dataset, Format, Input, Values};
 use crate::error::user;
 use crate::files;
 
 /// The largest picture file read (a 28×28 image is a few hundred bytes).
 const MAX_FILE: u64 = 64 << 20;
-/// The most pixels one image may have: 4096 × 4096, far beyond what a dense network takes,
-/// checked from the first picture's header before anything is allocated for the set.
-const MAX_PIXELS: usize = 1 << 24;
 
 /// One picture and its class.
 struct Item {
@@ -34,7 +33,7 @@ struct Item {
 }
 
 /// Reads an image channel; `files` are every file below `dir`, sorted.
-pub fn read(channel: &str, dir: &Path, files: &[PathBuf]) -> Result<Dataset> {
+pub fn read(channel: &str, dir: &Path, files: &[PathBuf], want: &Want) -> Result<Dataset> {
     let lists: Vec<&PathBuf> = files.iter().filter(|p| has_extension(p, &["lst"])).collect();
     let (items, classes, layout) = if lists.is_empty() {
         let (items, classes) = from_folders(channel, dir)?;
@@ -45,7 +44,7 @@ pub fn read(channel: &str, dir: &Path, files: &[PathBuf]) -> Result<Dataset> {
     if items.is_empty() {
         return Err(user(format!("channel \"{channel}\" ({}): holds no picture", dir.display())));
     }
-    let (pixels, (rows, cols)) = decode_all(&items)?;
+    let (pixels, shape) = decode_all(&items, want)?;
     let labels: Vec<u8> = items.iter().map(|i| i.label).collect();
     let mut hash = blake3::Hasher::new();
     hash.update(&pixels);
@@ -56,7 +55,7 @@ pub fn read(channel: &str, dir: &Path, files: &[PathBuf]) -> Result<Dataset> {
     Ok(Dataset {
         values: Values::Bytes(pixels),
         labels,
-        input: Input::Image { rows, cols },
+        input: Input::Image(shape),
         format: Format::Images,
         fingerprint: format!("blake3:{}", hash.finalize().to_hex()),
         source: format!("{} ({} pictures, {layout})", dir.display(), items.len()),
@@ -188,25 +187,39 @@ fn lst_line(dir: &Path, line: &str) -> std::result::Result<Item, String> {
     Ok(Item { path, label })
 }
 
-/// Every picture's pixels, decoded on all cores into one buffer, and their one size.
-fn decode_all(items: &[Item]) -> Result<(Vec<u8>, (usize, usize))> {
+/// Every picture's pixels in one shape, decoded on all cores (each reading its own files) into
+/// one buffer.
+fn decode_all(items: &[Item], want: &Want) -> Result<(Vec<u8>, Shape)> {
     let first = &items[0].path;
     let head = files::read_limited(first, MAX_FILE)?;
-    let shape = crate::predict::picture_size(&head)
-        .map_err(|why| user(format!("{}: {why}", first.display())))?;
-    let pixels = shape.0.checked_mul(shape.1).filter(|&p| p > 0 && p <= MAX_PIXELS);
-    let size = pixels.ok_or_else(|| {
-        user(format!(
-            "{}: is {}x{} pixels; at most {MAX_PIXELS} pixels per image are allowed",
+    let own = picture::header(&head).map_err(|why| user(format!("{}: {why}", first.display())))?;
+    let (rows, cols) = want.size.unwrap_or((own.rows, own.cols));
+    let shape = Shape::new(rows, cols, want.channels.unwrap_or(own.channels));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = pixel_limit(want, cores);
+    if want.size.is_none() && own.pixels() > limit {
+        return Err(user(format!(
+            "{}: is {}x{} pixels (height x width), over the limit of {limit} pixels per \
+             picture at their own size; set image_size to resize pictures",
             first.display(),
-            shape.1,
-            shape.0
+            own.rows,
+            own.cols
+        )));
+    }
+    let size = shape.len();
+    let total = items.len().checked_mul(size).ok_or_else(|| user("too many pixels"))?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).map_err(|_| {
+        user(format!(
+            "{} pictures of {} need {total} bytes, more than this host can allocate; set a \
+             smaller image_size",
+            items.len(),
+            shape.describe()
         ))
     })?;
-    let total = items.len().checked_mul(size).ok_or_else(|| user("too many pixels"))?;
-    let mut out = vec![0u8; total];
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    out.resize(total, 0);
     let per = items.len().div_ceil(cores).max(1);
+    let resize = want.size.is_some();
     std::thread::scope(|s| {
         let handles: Vec<_> = out
             .chunks_mut(per * size)
@@ -214,7 +227,7 @@ fn decode_all(items: &[Item]) -> Result<(Vec<u8>, (usize, usize))> {
             .map(|(buf, part)| {
                 s.spawn(move || -> Result<()> {
                     for (dst, item) in buf.chunks_exact_mut(size).zip(part) {
-                        dst.copy_from_slice(&decode(item, shape, first)?);
+                        dst.copy_from_slice(&decode(item, shape, resize, limit, first)?);
                     }
                     Ok(())
                 })
@@ -225,15 +238,31 @@ fn decode_all(items: &[Item]) -> Result<(Vec<u8>, (usize, usize))> {
     Ok((out, shape))
 }
 
-fn decode(item: &Item, shape: (usize, usize), first: &Path) -> Result<Vec<u8>> {
+/// The most pixels one picture may have. Without `image_size` every picture keeps its own size,
+/// one for all, and the set's buffer bounds it; with it, each decoder thread holds one picture
+/// at a time, and those take at most an eighth of the free memory.
+fn pixel_limit(want: &Want, threads: usize) -> usize {
+    if want.size.is_none() {
+        return picture::MAX_PIXELS / 4;
+    }
+    // A decoded pixel takes up to 8 bytes (16-bit RGBA) before it is converted.
+    let free = crate::budget::room().map_or(u64::MAX, |r| r.bytes);
+    let by_memory = free / 8 / (threads as u64 * 8);
+    (by_memory.min(picture::MAX_PIXELS as u64) as usize).max(1 << 20)
+}
+
+fn decode(item: &Item, shape: Shape, resize: bool, limit: usize, first: &Path) -> Result<Vec<u8>> {
     let bytes = files::read_limited(&item.path, MAX_FILE)?;
-    crate::predict::decode_picture(&bytes, shape).map_err(|why| {
-        let same = if why.contains("pixels (width x height)") {
+    picture::load(&bytes, shape, resize, limit).map_err(|why| {
+        let same = if why.contains("over the limit") && !resize {
+            "; set image_size to resize pictures".to_string()
+        } else if why.starts_with("is ") && why.contains("; expected") {
             format!(
-                "; {} is {}x{}: every picture of a channel must have one size",
+                " ({} is {}x{}): every picture of a channel must have one size, or set \
+                 image_size to resize them",
                 first.display(),
-                shape.1,
-                shape.0
+                shape.rows,
+                shape.cols
             )
         } else {
             String::new()

@@ -13,6 +13,7 @@ pub mod format;
 mod idx;
 mod numpy;
 mod parquet;
+pub mod picture;
 pub mod scale;
 pub mod table;
 
@@ -28,6 +29,7 @@ pub use idx::{parse_header, peek_header, read_idx, write_idx, IdxFile, IdxKind};
 pub use numpy::parse_npy_header;
 #[cfg(test)]
 pub(crate) use numpy::tests::npy as numpy_test_npy;
+pub use picture::Shape;
 pub use scale::Standardize;
 pub use table::{parse_feature, MAX_FEATURES};
 
@@ -37,8 +39,8 @@ const MAX_DEPTH: usize = 16;
 /// What one sample is, as the model's first layer takes it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// Grayscale images of `rows × cols` pixels 0–255, scaled by 1/255.
-    Image { rows: usize, cols: usize },
+    /// Images of one shape, grey or RGB, pixels 0–255 scaled by 1/255.
+    Image(Shape),
     /// Rows of named numeric features, standardized per feature ([`scale`]).
     Table { names: Vec<String> },
 }
@@ -46,23 +48,23 @@ pub enum Input {
 impl Input {
     pub fn features(&self) -> usize {
         match self {
-            Input::Image { rows, cols } => rows * cols,
+            Input::Image(shape) => shape.len(),
             Input::Table { names } => names.len(),
         }
     }
 
-    /// Image rows and columns; `None` for a table.
-    pub fn image(&self) -> Option<(usize, usize)> {
+    /// The images' shape; `None` for a table.
+    pub fn image(&self) -> Option<Shape> {
         match *self {
-            Input::Image { rows, cols } => Some((rows, cols)),
+            Input::Image(shape) => Some(shape),
             Input::Table { .. } => None,
         }
     }
 
-    /// `28x28 image` or `30 features`, for logs and messages.
+    /// `28x28 grey images` or `30 features`, for logs and messages.
     pub fn describe(&self) -> String {
         match self {
-            Input::Image { rows, cols } => format!("{rows}x{cols} images"),
+            Input::Image(shape) => format!("{} images", shape.describe()),
             Input::Table { names } => format!("{} features", names.len()),
         }
     }
@@ -139,7 +141,7 @@ impl Dataset {
     }
 
     /// Image bytes and shape, for the pictures; `None` for tables.
-    pub fn images(&self) -> Option<(&[u8], (usize, usize))> {
+    pub fn images(&self) -> Option<(&[u8], Shape)> {
         match (&self.values, self.input.image()) {
             (Values::Bytes(v), Some(shape)) => Some((v, shape)),
             _ => None,
@@ -192,7 +194,7 @@ impl Dataset {
         Ok(Self {
             values: Values::Bytes(images.data),
             labels: labels.data,
-            input: Input::Image { rows, cols },
+            input: Input::Image(Shape::new(rows, cols, 1)),
             format: Format::Idx,
             fingerprint,
             source,
@@ -248,8 +250,19 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Loads a channel folder in the format its `ContentType` names.
+/// Loads a channel folder in the format its `ContentType` names; pictures keep the first one's
+/// shape.
 pub fn load_channel(channel: &str, dir: &Path, format: Format) -> Result<Dataset> {
+    load_channel_as(channel, dir, format, &picture::Want::default())
+}
+
+/// [`load_channel`], with pictures given the shape `pictures` asks for.
+pub fn load_channel_as(
+    channel: &str,
+    dir: &Path,
+    format: Format,
+    pictures: &picture::Want,
+) -> Result<Dataset> {
     if !dir.is_dir() {
         let what = match std::fs::metadata(dir) {
             Ok(_) => "is not a folder (SageMaker puts a channel's files in a folder of its name)",
@@ -271,7 +284,7 @@ pub fn load_channel(channel: &str, dir: &Path, format: Format) -> Result<Dataset
         Format::Parquet => parquet::read(channel, dir, &files),
         Format::Npy => numpy::read_npy(channel, dir, &files),
         Format::Npz => numpy::read_npz(channel, dir, &files),
-        Format::Images => folders::read(channel, dir, &files),
+        Format::Images => folders::read(channel, dir, &files, pictures),
     }
 }
 
@@ -360,7 +373,7 @@ mod tests {
         labels(d.path(), "x-images-idx3.gz", &[0, 1, 9], false);
         std::fs::write(d.path().join(".DS_Store"), b"junk").unwrap();
         let ds = load_channel("train", d.path(), Format::Idx).unwrap();
-        assert_eq!((ds.len(), ds.input.image(), ds.features()), (3, Some((2, 3)), 6));
+        assert_eq!((ds.len(), ds.input.image(), ds.features()), (3, Some(Shape::new(2, 3, 1)), 6));
         assert_eq!(ds.labels, [0, 1, 9]);
         assert!(ds.fingerprint.starts_with("blake3:"));
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::table::{self, MAX_FEATURES};
-use super::{Dataset, Format, Input, Values};
+use super::{Dataset, Format, Input, Shape, Values};
 use crate::error::user;
 use crate::files;
 
@@ -252,13 +252,13 @@ fn assemble(
         }
         labels.extend(read_labels(&y, n, &what)?);
         match (&input, x.header.descr.as_str()) {
-            (Some(Input::Image { .. }), _) => bytes.extend_from_slice(&x.data),
+            (Some(Input::Image(_)), _) => bytes.extend_from_slice(&x.data),
             _ => floats.extend(as_floats(&x, &what)?),
         }
     }
     let input = input.expect("at least one part");
     let values = match input {
-        Input::Image { .. } => Values::Bytes(bytes),
+        Input::Image(_) => Values::Bytes(bytes),
         Input::Table { .. } => Values::Floats(floats),
     };
     Ok(Dataset {
@@ -272,11 +272,13 @@ fn assemble(
     })
 }
 
-/// Images for uint8 (N, H, W); a table of the flattened trailing dimensions otherwise.
+/// Images for uint8 (N, H, W) (grey) and (N, H, W, 3) (RGB); a table of the flattened trailing
+/// dimensions otherwise.
 fn describe(x: &NpyHeader, what: &str) -> Result<Input> {
     let uint8 = matches!(x.descr.as_str(), "|u1" | "<u1" | "=u1");
     match x.shape.as_slice() {
-        [_, h, w] if uint8 => Ok(Input::Image { rows: *h, cols: *w }),
+        [_, h, w] if uint8 => Ok(Input::Image(Shape::new(*h, *w, 1))),
+        [_, h, w, 3] if uint8 => Ok(Input::Image(Shape::new(*h, *w, 3))),
         [_, rest @ ..] if !rest.is_empty() => {
             let f: usize = rest.iter().product();
             if f == 0 || f > MAX_FEATURES {
@@ -414,7 +416,7 @@ pub(crate) mod tests {
         .unwrap();
         let paths = vec![d.path().join("x.npy"), d.path().join("y.npy")];
         let ds = read_npy("train", d.path(), &paths).unwrap();
-        assert_eq!(ds.input, Input::Image { rows: 2, cols: 3 });
+        assert_eq!(ds.input, Input::Image(Shape::new(2, 3, 1)));
         assert_eq!(ds.labels, [1, 3]);
         let floats: Vec<u8> =
             [1.5f32, -2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -113,7 +113,8 @@ pub fn load(
     let sources = resolve_channels(paths, files, &opts.channels)?;
     let sources = fetch_remote(paths, sources, stop)?;
     let started = Instant::now();
-    let mut sets = load_channels(&sources)?;
+    let want = data::picture::Want { size: cfg.image_size, channels: cfg.image_channels };
+    let mut sets = load_channels(&sources, &want)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let train = sets.remove("train").expect("train channel resolved");
     let split_used = !sets.contains_key("validation") && cfg.validation_split > 0.0;
@@ -357,12 +358,15 @@ pub fn default_sources(dir: &Path) -> BTreeMap<String, Source> {
 
 /// Loads every channel, all at once: decompressing and hashing the files is most of the cost,
 /// and it runs in parallel.
-fn load_channels(sources: &BTreeMap<String, Source>) -> Result<BTreeMap<String, Dataset>> {
+fn load_channels(
+    sources: &BTreeMap<String, Source>,
+    want: &data::picture::Want,
+) -> Result<BTreeMap<String, Dataset>> {
     std::thread::scope(|s| {
         let loads: Vec<_> = sources
             .iter()
             .map(|(name, src)| {
-                let load = move || load_source(name, src);
+                let load = move || load_source(name, src, want);
                 (name, std::thread::Builder::new().spawn_scoped(s, load))
             })
             .collect();
@@ -376,9 +380,9 @@ fn load_channels(sources: &BTreeMap<String, Source>) -> Result<BTreeMap<String, 
     })
 }
 
-fn load_source(name: &str, src: &Source) -> Result<Dataset> {
+fn load_source(name: &str, src: &Source, want: &data::picture::Want) -> Result<Dataset> {
     match src {
-        Source::Dir(dir, format) => data::load_channel(name, dir, *format),
+        Source::Dir(dir, format) => data::load_channel_as(name, dir, *format, want),
         Source::Pair { images, labels } => {
             if !images.exists() {
                 return Err(user(format!(
@@ -475,8 +479,15 @@ fn check_shapes<'a>(
                 (a, b) => a == b,
             };
             if !same {
+                let hint = match (&d.input, &train.input) {
+                    (data::Input::Image(_), data::Input::Image(_)) => {
+                        "; set image_size and image_channels to give every channel's pictures \
+                         one shape"
+                    }
+                    _ => "",
+                };
                 return Err(user(format!(
-                    "channel \"{name}\" has {} but \"train\" has {} ({} and {})",
+                    "channel \"{name}\" has {} but \"train\" has {} ({} and {}){hint}",
                     d.input.describe(),
                     train.input.describe(),
                     d.source,

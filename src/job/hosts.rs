@@ -76,17 +76,18 @@ pub(super) fn combine_stats(
     g: &Group,
     data: &super::Data,
 ) -> Result<(Option<u8>, Option<crate::data::scale::Moments>)> {
-    let mine = serde_json::to_vec(&(data.max_label(), data.moments()))?;
+    type Stats = (Option<u8>, Option<crate::data::scale::Moments>, Option<Vec<String>>, String);
+    // Class folders name the classes on each host from the folders it holds: a shard without
+    // one of them would number the others differently, so every host must hold the same ones.
+    let mine: Stats =
+        (data.max_label(), data.moments(), data.train.classes.clone(), data.train.input.describe());
     let mut label = None;
     let mut moments: Option<crate::data::scale::Moments> = None;
-    for (rank, bytes) in g.all_gather_bytes(&mine)?.iter().enumerate() {
-        let (l, m): (Option<u8>, Option<crate::data::scale::Moments>) =
-            serde_json::from_slice(bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} sent unreadable data statistics: {e}",
-                    g.topology.describe(rank)
-                )
-            })?;
+    for (rank, bytes) in g.all_gather_bytes(&serde_json::to_vec(&mine)?)?.iter().enumerate() {
+        let (l, m, classes, input): Stats = serde_json::from_slice(bytes).map_err(|e| {
+            anyhow::anyhow!("{} sent unreadable data statistics: {e}", g.topology.describe(rank))
+        })?;
+        check_same_shard_shape(g, rank, (&classes, &input), (&mine.2, &mine.3))?;
         label = label.max(l);
         moments = match (moments, m) {
             (Some(a), Some(b)) => Some(a.merge(&b)),
@@ -94,6 +95,36 @@ pub(super) fn combine_stats(
         };
     }
     Ok((label, moments))
+}
+
+/// A shard of another input shape, or with other class folders, than this host's is refused.
+fn check_same_shard_shape(
+    g: &Group,
+    rank: usize,
+    theirs: (&Option<Vec<String>>, &String),
+    mine: (&Option<Vec<String>>, &String),
+) -> Result<()> {
+    let (who, me) = (g.topology.describe(rank), g.topology.describe(g.topology.rank));
+    if theirs.1 != mine.1 {
+        return Err(user(format!(
+            "channel \"train\" holds {} on {who} but {} on {me}: every host's shard must have \
+             one input shape (set image_size and image_channels for pictures)",
+            theirs.1, mine.1
+        )));
+    }
+    if theirs.0 != mine.0 {
+        let list = |c: &Option<Vec<String>>| {
+            crate::error::clip(&c.as_deref().unwrap_or_default().join(", "), 300)
+        };
+        return Err(user(format!(
+            "channel \"train\" has class folders [{}] on {who} but [{}] on {me}: with \
+             ShardedByS3Key every host needs pictures of every class; use FullyReplicated, or \
+             shard so that each host gets some of each class",
+            list(theirs.0),
+            list(mine.0)
+        )));
+    }
+    Ok(())
 }
 
 /// Rank 0's starting state (fresh, or resumed from its checkpoints) on every rank: initial

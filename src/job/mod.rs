@@ -84,6 +84,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     let sharded = topology.world() > 1 && hosts::train_is_sharded(paths, &files, &cfg)?;
     let mut data = channels::load(paths, &files, opts, &cfg, stop)?;
     check_augmentation(&cfg, &data.train)?;
+    check_picture_keys(&cfg, &data.train)?;
     before_training(stop, "loading the data")?;
     let group = join_group(&topology, &cfg, stop)?;
     let parallel = match &group {
@@ -155,7 +156,7 @@ fn resolve_config(paths: &Paths, files: &JobFiles) -> Result<TrainConfig> {
 /// Augmentation moves pixels: it needs images, and images it can move.
 fn check_augmentation(cfg: &TrainConfig, train: &Dataset) -> Result<()> {
     match train.input.image() {
-        Some((rows, cols)) => Augment::new(cfg, rows, cols).map(drop),
+        Some(shape) => Augment::new(cfg, shape).map(drop),
         None if cfg.augment_shift > 0 || cfg.augment_flip => Err(crate::error::user(format!(
             "hyperparameters \"augment_shift\" ({}) and \"augment_flip\" ({}) move pixels, \
              but channel \"train\" holds a table ({}): set augment_shift to 0 and augment_flip \
@@ -166,6 +167,25 @@ fn check_augmentation(cfg: &TrainConfig, train: &Dataset) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// `image_size` and `image_channels` shape pictures as they are decoded: other data is refused
+/// rather than silently kept at its own shape.
+fn check_picture_keys(cfg: &TrainConfig, train: &Dataset) -> Result<()> {
+    let set: Vec<&str> = [("image_size", cfg.image_size.is_some())]
+        .into_iter()
+        .chain([("image_channels", cfg.image_channels.is_some())])
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+    if set.is_empty() || train.format == crate::data::Format::Images {
+        return Ok(());
+    }
+    Err(crate::error::user(format!(
+        "hyperparameter {} shapes pictures (ContentType application/x-image), but channel          \"train\" is {} ({}): remove it, or send the images as PNG or JPEG files",
+        set.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(" and "),
+        train.format,
+        train.input.describe()
+    )))
 }
 
 /// Settles the classes and standardizes table features, from every host's data when the

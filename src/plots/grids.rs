@@ -2,6 +2,7 @@
 //! predictions, a bar chart of the class probabilities.
 
 use super::*;
+use crate::data::Shape;
 
 /// `samples.png`: 5 × 5 images with their class names under them.
 pub const SAMPLES: Grid = Grid { top: 56, cols: 5, cell_w: 172, cell_h: 186 };
@@ -11,11 +12,11 @@ pub const SAMPLES_IMAGE: (u32, u32, u32) = (16, 8, 140);
 pub const SAMPLE_COUNT: usize = 25;
 
 /// `samples.png`: the first 25 training images with their class names, as the notebook's first
-/// look at the data. `images` holds `rows × cols` bytes per image.
+/// look at the data. `images` holds `shape.len()` bytes per image.
 pub fn samples(
     images: &[u8],
     labels: &[u8],
-    (rows, cols): (usize, usize),
+    shape: Shape,
     class_names: &[String],
 ) -> Result<Picture> {
     let n = labels.len().min(SAMPLE_COUNT);
@@ -25,8 +26,8 @@ pub fn samples(
         let (ix, iy, size) = SAMPLES_IMAGE;
         for i in 0..n {
             let (x, y) = SAMPLES.cell(i);
-            let img = &images[i * rows * cols..(i + 1) * rows * cols];
-            draw_image(area, img, rows, cols, ((x + ix) as i32, (y + iy) as i32), size)?;
+            let img = &images[i * shape.len()..(i + 1) * shape.len()];
+            draw_image(area, img, shape, ((x + ix) as i32, (y + iy) as i32), size)?;
             let name = class_name(class_names, labels[i] as usize);
             let name = fit_text(&name, 16, SAMPLES.cell_w - 8);
             let baseline = (y + iy + size + 24) as i32;
@@ -72,7 +73,7 @@ pub fn bar_span(c: usize, k: usize) -> (u32, u32) {
 pub fn predictions(
     images: &[u8],
     labels: &[u8],
-    (rows, cols): (usize, usize),
+    shape: Shape,
     predicted: &Predictions,
     class_names: &[String],
     dataset: &str,
@@ -101,9 +102,9 @@ pub fn predictions(
         }
         for i in 0..n {
             let (cx, cy) = PREDICTIONS.cell(i);
-            let img = &images[i * rows * cols..(i + 1) * rows * cols];
+            let img = &images[i * shape.len()..(i + 1) * shape.len()];
             let (ix, iy, size) = PREDICTIONS_IMAGE;
-            draw_image(area, img, rows, cols, ((cx + ix) as i32, (cy + iy) as i32), size)?;
+            draw_image(area, img, shape, ((cx + ix) as i32, (cy + iy) as i32), size)?;
             let (truth, guess) = (labels[i] as usize, predicted.classes[i]);
             let probs = predicted.probabilities(i);
             draw_bars(area, (cx, cy), probs, truth, guess)?;

@@ -272,21 +272,26 @@ pub fn binary(v: u8) -> RGBColor {
     RGBColor(255 - v, 255 - v, 255 - v)
 }
 
-/// Draws a grayscale image centred in the `size`-pixel box at `(x, y)`, framed.
+/// Draws an image centred in the `size`-pixel box at `(x, y)`, framed: grey ones in the
+/// notebook's `binary` colour map, RGB ones in their colours.
 fn draw_image(
     area: &Area,
     pixels: &[u8],
-    rows: usize,
-    cols: usize,
+    shape: crate::data::Shape,
     (x, y): (i32, i32),
     size: u32,
 ) -> DrawResult<()> {
+    let (rows, cols, ch) = (shape.rows, shape.cols, shape.channels);
     let (w, h) = fit_image(rows, cols, size);
     let (x0, y0) = (x + (size - w) as i32 / 2, y + (size - h) as i32 / 2);
     for py in 0..h {
         for px in 0..w {
-            let v = pixels[source_pixel(px, py, (w, h), rows, cols)];
-            area.draw_pixel((x0 + px as i32, y0 + py as i32), &binary(v))?;
+            let i = source_pixel(px, py, (w, h), rows, cols) * ch;
+            let colour = match ch {
+                1 => binary(pixels[i]),
+                _ => RGBColor(pixels[i], pixels[i + 1], pixels[i + 2]),
+            };
+            area.draw_pixel((x0 + px as i32, y0 + py as i32), &colour)?;
         }
     }
     area.draw(&Rectangle::new([(x0 - 1, y0 - 1), (x0 + w as i32, y0 + h as i32)], FRAME))?;

@@ -69,7 +69,7 @@ fn images_fit_their_box_sharply_or_shrunk() {
 fn samples_show_each_image_in_the_binary_colour_map_with_its_name() {
     let images = gradient_images(30);
     let labels: Vec<u8> = (0..30).map(|i| (i % 10) as u8).collect();
-    let img = samples(&images, &labels, (28, 28), &names()).unwrap();
+    let img = samples(&images, &labels, crate::data::Shape::new(28, 28, 1), &names()).unwrap();
     assert_eq!(img.dimensions(), SAMPLES.size(25));
     assert_eq!(img.dimensions(), (860, 986));
     let (ix, iy, size) = SAMPLES_IMAGE;
@@ -103,7 +103,9 @@ fn predictions_fixture() -> (Vec<u8>, Vec<u8>, Predictions) {
 #[test]
 fn predictions_colour_captions_and_bars_by_right_and_wrong() {
     let (images, labels, p) = predictions_fixture();
-    let img = predictions(&images, &labels, (28, 28), &p, &names(), "test").unwrap();
+    let img =
+        predictions(&images, &labels, crate::data::Shape::new(28, 28, 1), &p, &names(), "test")
+            .unwrap();
     assert_eq!(img.dimensions(), PREDICTIONS.size(15));
     assert_eq!(img.dimensions(), (1260, 1032));
     let (bx, by, _, bh) = PREDICTIONS_BARS;
@@ -245,10 +247,27 @@ fn training_curves_go_the_way_the_numbers_go() {
 
 #[test]
 fn png_round_trips() {
-    let img = samples(&gradient_images(3), &[0, 1, 2], (28, 28), &names()).unwrap();
+    let img =
+        samples(&gradient_images(3), &[0, 1, 2], crate::data::Shape::new(28, 28, 1), &names())
+            .unwrap();
     let back = Picture::from_png(&img.png().unwrap()).unwrap();
     assert_eq!(back, img);
     assert_eq!(back.get_pixel(SAMPLES_IMAGE.0, SAMPLES_IMAGE.1), [255; 3], "pixel 0 is white");
+}
+
+#[test]
+fn rgb_images_are_drawn_in_their_colours() {
+    // Three 20x30 RGB images: red, green, blue.
+    let shape = crate::data::Shape::new(20, 30, 3);
+    let images: Vec<u8> =
+        [[200, 0, 0], [0, 200, 0], [0, 0, 200]].iter().flat_map(|px| px.repeat(20 * 30)).collect();
+    let img = samples(&images, &[0, 1, 2], shape, &names()).unwrap();
+    let (ix, iy, size) = SAMPLES_IMAGE;
+    for (i, want) in [[200, 0, 0], [0, 200, 0], [0, 0, 200]].iter().enumerate() {
+        let (x, y) = SAMPLES.cell(i);
+        let centre = img.get_pixel(x + ix + size / 2, y + iy + size / 2);
+        assert_eq!(&centre, want, "image {i}");
+    }
 }
 
 /// Class names are cut in every picture: ten of 50,000 characters each draw in moments, at the
@@ -263,9 +282,11 @@ fn long_class_names_are_cut_and_cost_no_time() {
     let l = confusion_layout(&long);
     assert_eq!(confusion_img.dimensions(), (l.width, l.height));
     assert!(l.width <= 1200 && l.height <= 1200, "{l:?}");
-    let shown = predictions(&images, &labels, (28, 28), &p, &long, "test").unwrap();
+    let shown =
+        predictions(&images, &labels, crate::data::Shape::new(28, 28, 1), &p, &long, "test")
+            .unwrap();
     assert_eq!(shown.dimensions(), PREDICTIONS.size(15));
-    let drawn = samples(&images, &labels, (28, 28), &long).unwrap();
+    let drawn = samples(&images, &labels, crate::data::Shape::new(28, 28, 1), &long).unwrap();
     assert_eq!(drawn.dimensions(), SAMPLES.size(16));
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(3), "took {took:?}");

@@ -28,7 +28,7 @@ use crate::error::one_clean_line;
 use crate::evaluation::{self, Predictions};
 use crate::files;
 
-pub use images::{decode_picture, picture_size, read_images, Images};
+pub use images::{read_images, Images};
 pub use load::{extract_model, load_model, Loaded};
 
 /// Every input was classified.
@@ -49,16 +49,18 @@ OUTPUT: one JSON object per image and line (JSON Lines), in the order of the arg
   An IDX file's images are named FILE#INDEX (0-based). \"class\" is the first index of the
   largest logit, as in training's accuracy; top_k lists the K most likely classes, best first.
 
-INPUT: PNG or JPEG images of exactly the model's input size (28x28 for Fashion-MNIST), 8- or
-  16-bit grayscale, light objects on a black background as in Fashion-MNIST (--invert for dark on
-  light); or IDX image files, gzipped or not. Files are told apart by their content, not their
-  names. Pixel values 0-255 are scaled by model.json's input.scale.
+INPUT: PNG or JPEG pictures of any size and colour type, converted to the model's input shape
+  (model.json's input.shape: 28x28 grey for Fashion-MNIST) exactly as in training: colour to
+  grey or grey to RGB, then resized bilinearly with antialiasing; light objects on a black
+  background as in Fashion-MNIST (--invert for dark on light). Or IDX image files of the model's
+  size, gzipped or not. Files are told apart by their content, not their names. Pixel values
+  0-255 are scaled by model.json's input.scale.
   A model trained on a table (model.json's input.kind \"table\") reads CSV files instead: one
   row of features per line, without the label, no header; each row's line is named FILE:LINE.
   Features are standardized with model.json's input.standardize, as in training.
 
-ERRORS: a file that cannot be classified (missing, not an image, wrong size, not grayscale,
-  truncated) gets one line on stderr, `error: FILE: why`; the other files are still classified.
+ERRORS: a file that cannot be classified (missing, not an image, an IDX file of another
+  size, a CMYK JPEG, truncated) gets one line on stderr, `error: FILE: why`; the other files are still classified.
   A summary line follows on stderr.
 
 EXIT CODES: 0 every image classified; 1 one or more files, up to all of them, could not be
@@ -143,8 +145,8 @@ fn classify_file(
     invert: bool,
 ) -> std::result::Result<(Predictions, Option<char>), String> {
     match &loaded.input {
-        Input::Image { rows, cols } => {
-            let images = read_images(path, (*rows, *cols))?;
+        Input::Image(shape) => {
+            let images = read_images(path, *shape)?;
             let p = classify(loaded, &images.pixels, invert);
             Ok((p, images.idx.then_some('#')))
         }

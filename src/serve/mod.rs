@@ -447,7 +447,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
     };
     // Decoding is CPU work, but bounded by the payload limit: a few milliseconds at most.
     let decoded = match &model.input {
-        crate::data::Input::Image { rows, cols } => payload::decode(input, &bytes, (*rows, *cols)),
+        crate::data::Input::Image(shape) => payload::decode(input, &bytes, *shape),
         crate::data::Input::Table { names } => table::decode(input, &bytes, names.len()),
     };
     let batch = match decoded {
@@ -473,9 +473,15 @@ pub fn describe_model(path: &Path) -> String {
         Err(e) => return format!("THE MODEL: none loads from {} ({e:#})", path.display()),
     };
     let takes = match &loaded.input {
-        crate::data::Input::Image { rows, cols } => {
-            format!("{rows}x{cols} grayscale images, pixel values 0-255 (REQUEST above)")
-        }
+        crate::data::Input::Image(shape) => format!(
+            "{} images ({}), pixel values 0-255 (REQUEST above); pictures of any size and \
+             colour are converted to it",
+            shape.describe(),
+            match shape.channels {
+                1 => format!("arrays of {}x{} values", shape.rows, shape.cols),
+                c => format!("arrays of {}x{}x{c} values, channels last", shape.rows, shape.cols),
+            }
+        ),
         crate::data::Input::Table { names } => format!(
             "table rows of {} features, without the label (REQUEST FOR A TABLE MODEL above): {}",
             names.len(),

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::data::{picture, Shape};
 use crate::evaluation::Predictions;
 
 /// The request formats `POST /invocations` reads.
@@ -79,9 +80,12 @@ pub struct Batch {
     pub count: usize,
 }
 
-/// Decodes a request body of `input` format into images of `rows × cols` pixels.
-pub fn decode(input: Input, body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> {
-    let features = rows * cols;
+/// Decodes a request body of `input` format into images of the model's `shape`: pictures are
+/// converted and resized as in training; arrays must already have the shape.
+pub fn decode(input: Input, body: &[u8], shape: Shape) -> Result<Batch, String> {
+    // Nested JSON images are lists of rows, each row's pixels' channels side by side.
+    let (rows, cols) = (shape.rows, shape.cols * shape.channels);
+    let features = shape.len();
     let batch = match input {
         Input::Json => match plain_json(body, features) {
             Some(batch) => batch,
@@ -98,9 +102,9 @@ pub fn decode(input: Input, body: &[u8], (rows, cols): (usize, usize)) -> Result
             from_json_images(images.iter(), features, (rows, cols))?
         }
         Input::Csv => from_csv(body, features)?,
-        Input::Npy => from_npy(body, (rows, cols))?,
+        Input::Npy => from_npy(body, shape)?,
         Input::Picture => {
-            let pixels = crate::predict::decode_picture(body, (rows, cols))
+            let pixels = picture::load(body, shape, true, picture::MAX_PIXELS)
                 .map_err(|why| format!("the image {why}"))?;
             Batch { pixels: pixels.into_iter().map(f32::from).collect(), count: 1 }
         }
@@ -218,7 +222,8 @@ impl Scan<'_> {
     }
 }
 
-/// One image from JSON: `features` numbers, or `rows` lists of `cols` numbers.
+/// One image from JSON: `features` numbers, or `rows` lists of `cols` numbers (grey), or of
+/// `cols × channels` numbers (RGB, each row's pixels' channels together).
 fn from_json_images<'a>(
     images: impl Iterator<Item = &'a serde_json::Value>,
     features: usize,
@@ -330,20 +335,27 @@ fn whole_number(field: &[u8]) -> Option<u16> {
 }
 
 /// A NumPy `.npy` array (format 1 to 3): `uint8` or `float32`, C order, shaped `(N, rows,
-/// cols)`, `(N, rows × cols)`, `(rows, cols)` or `(rows × cols,)`.
-fn from_npy(body: &[u8], (rows, cols): (usize, usize)) -> Result<Batch, String> {
+/// cols)` (grey) or `(N, rows, cols, 3)` (RGB), `(N, rows × cols × channels)`, or one image
+/// without the `N`.
+fn from_npy(body: &[u8], shape: Shape) -> Result<Batch, String> {
     let header = crate::data::parse_npy_header(body).map_err(|why| format!("the body {why}"))?;
     let (descr, dims) = (header.descr.as_str(), &header.shape);
-    let features = rows * cols;
+    let features = shape.len();
+    let image: Vec<usize> = match shape.channels {
+        1 => vec![shape.rows, shape.cols],
+        c => vec![shape.rows, shape.cols, c],
+    };
     let count = match dims.as_slice() {
-        [n, r, c] if (*r, *c) == (rows, cols) => *n,
+        [n, rest @ ..] if rest == image.as_slice() => *n,
         [n, f] if *f == features => *n,
-        [r, c] if (*r, *c) == (rows, cols) => 1,
+        d if d == image.as_slice() => 1,
         [f] if *f == features => 1,
         _ => {
+            let image: Vec<String> = image.iter().map(usize::to_string).collect();
             return Err(format!(
-                "the .npy array has shape {dims:?}; expected (N, {rows}, {cols}) or (N, {features})"
-            ))
+                "the .npy array has shape {dims:?}; expected (N, {}) or (N, {features})",
+                image.join(", ")
+            ));
         }
     };
     let data = &body[header.data_at..];
@@ -440,7 +452,7 @@ pub fn encode(output: Output, p: &Predictions, names: &[String]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const SHAPE: (usize, usize) = (2, 2);
+    const SHAPE: Shape = Shape { rows: 2, cols: 2, channels: 1 };
 
     #[test]
     fn content_types_and_accept_pick_formats() {
@@ -456,7 +468,7 @@ mod tests {
 
     #[test]
     fn json_bodies_read_alike_by_the_fast_and_the_general_parser() {
-        let general = |body: &str| from_json(body.as_bytes(), 4, SHAPE);
+        let general = |body: &str| from_json(body.as_bytes(), 4, (2, 2));
         for body in
             ["[[0,1,2,255],[4,5,6,7]]", " [ [ 0 , 1,2,\n255 ] ,\t[4,5,6,7] ]\r\n", "[[9,9,9,9]]"]
         {

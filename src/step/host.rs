@@ -184,7 +184,7 @@ impl<'a> HostStep<'a> {
     ) -> Result<Self> {
         // Tables are never augmented (the job refuses the keys for them).
         let augment = match data.shape {
-            Some((rows, cols)) => Augment::new(cfg, rows, cols)?,
+            Some(shape) => Augment::new(cfg, shape)?,
             None => None,
         };
         let sizes = state.model.sizes().to_vec();
@@ -453,7 +453,7 @@ mod tests {
         let mut buffers = Vec::new();
         let pos = step.load_batch(&mut buffers, &state, &idx, (0, idx.len()), 3);
         let b = &buffers[pos];
-        let aug = Augment::new(&cfg, 4, 4).unwrap().unwrap();
+        let aug = Augment::new(&cfg, crate::data::Shape::new(4, 4, 1)).unwrap().unwrap();
         let moves = aug.moves(cfg.seed, 3, state.step, idx.len());
         assert!(moves.iter().any(|m| *m != Default::default()), "some row is moved");
         let mut want = vec![0f32; 16];

@@ -160,7 +160,7 @@ impl<'a> TensorStep<'a> {
         let (grad_flat, grads, exchange) = gradient_buffers(state, group);
         // Tables are never augmented (the job refuses the keys for them).
         let augment = match data.shape {
-            Some((rows, cols)) => Augment::new(cfg, rows, cols)?,
+            Some(shape) => Augment::new(cfg, shape)?,
             None => None,
         };
         Ok(Self { cfg, data, augment, grad_flat, grads, exchange })
