@@ -68,7 +68,7 @@ pub(crate) fn save_png(path: &Path, pixels: &[u8], w: u32, h: u32) {
     write_png(path, pixels, w, h, png::ColorType::Grayscale);
 }
 
-fn jpeg(pixels: &[u8], w: u16, h: u16, color: jpeg_encoder::ColorType) -> Vec<u8> {
+pub(crate) fn jpeg(pixels: &[u8], w: u16, h: u16, color: jpeg_encoder::ColorType) -> Vec<u8> {
     let mut out = Vec::new();
     jpeg_encoder::Encoder::new(&mut out, 95).encode(pixels, w, h, color).unwrap();
     out
@@ -197,6 +197,23 @@ fn png_and_jpeg_files_are_classified_like_the_same_idx_images() {
     assert_ne!(plain.0[0]["probabilities"], lines.0[0]["probabilities"]);
 }
 
+/// A 1×1 grey PNG whose header claims `w × h` pixels (its CRC fixed), as a decompression bomb
+/// claims its size.
+pub(crate) fn claims_size(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, 1, 1);
+    enc.set_color(png::ColorType::Grayscale);
+    let mut writer = enc.write_header().unwrap();
+    writer.write_image_data(&[0]).unwrap();
+    writer.finish().unwrap();
+    out[16..20].copy_from_slice(&w.to_be_bytes());
+    out[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&out[12..29]);
+    out[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    out
+}
+
 #[test]
 fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
     let job = trained();
@@ -215,6 +232,9 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
     // Cut inside the image data, as an interrupted download leaves it.
     std::fs::write(p("cut.jpg"), &whole[..whole.len() - 40]).unwrap();
     std::fs::write(p("empty.png"), "").unwrap();
+    let cmyk = jpeg(&[90u8; 28 * 28 * 4], 28, 28, jpeg_encoder::ColorType::Cmyk);
+    std::fs::write(p("cmyk.jpg"), cmyk).unwrap();
+    std::fs::write(p("bomb.png"), claims_size(100_000, 100_000)).unwrap();
     let labels = fixture("test").join("labels-idx1-ubyte.gz");
     smtrain::data::write_idx(&p("small.idx"), &[3, 10, 10], &[0u8; 300], false).unwrap();
     let args: Vec<PathBuf> = vec![
@@ -230,20 +250,20 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         labels.clone(),
         p("small.idx"),
         d.path().to_path_buf(),
+        p("cmyk.jpg"),
+        p("bomb.png"),
         p("good.jpg"),
     ];
     let run = Run(predict_cmd(&job.path("model")).args(&args).output().unwrap());
     assert_eq!(run.code(), Some(1), "some files failed: {}", run.stderr());
     let lines = Lines::parse(run);
     let sources: Vec<&str> = lines.0.iter().map(|l| l["source"].as_str().unwrap()).collect();
-    assert_eq!(sources, [p("good.png").display().to_string(), p("good.jpg").display().to_string()]);
+    // Pictures of another size or colour are converted to the model's input, as in training.
+    let good = ["big.png", "good.png", "rgb.png", "alpha.png", "colour.jpg", "good.jpg"];
+    assert_eq!(sources, good.map(|f| p(f).display().to_string()));
     let stderr = lines.1.stderr();
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
     let expected = [
-        (p("big.png"), "is 32x32 pixels (width x height); the model expects 28x28"),
-        (p("rgb.png"), "has 3 channels (RGB); expected 1 (grayscale)"),
-        (p("alpha.png"), "has 2 channels (grayscale and alpha); expected 1 (grayscale)"),
-        (p("colour.jpg"), "has 3 channels (colour); expected 1 (grayscale)"),
         (p("notes.png"), "is not a PNG, JPEG or IDX image file (it starts with bytes 74 68 65 73)"),
         (p("cut.jpg"), "is a truncated JPEG image"),
         (p("missing.png"), "cannot be read: No such file or directory"),
@@ -251,6 +271,8 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         (labels, "is an IDX file of 200 labels, not images"),
         (p("small.idx"), "holds 3 images of 10x10 pixels; the model expects 28x28"),
         (d.path().to_path_buf(), "is a folder, not an image file"),
+        (p("cmyk.jpg"), "is a CMYK JPEG"),
+        (p("bomb.png"), "is 100000x100000 pixels (height x width), over the limit of 67108864"),
     ];
     assert_eq!(errors.len(), expected.len(), "one line per bad file:\n{stderr}");
     for ((path, why), line) in expected.iter().zip(&errors) {
@@ -258,11 +280,11 @@ fn each_bad_image_gets_its_own_error_and_the_rest_are_classified() {
         assert!(line.starts_with(&want), "got:  {line}\nwant: {want}");
     }
     assert!(
-        stderr.contains("classified 2 images from 2 files; 11 files could not be classified"),
+        stderr.contains("classified 6 images from 6 files; 9 files could not be classified"),
         "{stderr}"
     );
     // Every file bad is still exit 1, the inputs' fault; 2 is kept for the command failing.
-    let run = Run(predict_cmd(&job.path("model")).args(&args[2..4]).output().unwrap());
+    let run = Run(predict_cmd(&job.path("model")).args(&args[5..7]).output().unwrap());
     assert_eq!(run.code(), Some(1), "every file failed: {}", run.stderr());
     assert_eq!(run.stdout(), "");
     assert!(run.stderr().contains("classified 0 images from 0 files; 2 files could not be"));

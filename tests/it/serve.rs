@@ -416,7 +416,7 @@ fn ping_is_not_200_before_the_model_is_ready() {
     let sizes = smtrain::model::layer_sizes(784, &[6000, 6000], 10);
     let big = smtrain::model::Mlp::glorot(&sizes, 1, tch::Device::Cpu);
     let cfg = smtrain::config::TrainConfig::default();
-    let image = smtrain::data::Input::Image { rows: 28, cols: 28 };
+    let image = smtrain::data::Input::Image(smtrain::data::Shape::new(28, 28, 1));
     let card = smtrain::artifacts::ModelCard::new(
         &cfg,
         &big,

@@ -80,14 +80,9 @@ impl Job {
         self.data_from(channel, &fixture(from))
     }
 
-    /// Copies the files of folder `from` into `input/data/<channel>`.
+    /// Copies folder `from`, with its subfolders, into `input/data/<channel>`.
     pub fn data_from(&self, channel: &str, from: &Path) -> &Self {
-        let dst = self.path(&format!("input/data/{channel}"));
-        std::fs::create_dir_all(&dst).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-        }
+        copy_tree(from, &self.path(&format!("input/data/{channel}")));
         self
     }
 
@@ -225,5 +220,18 @@ impl Started {
         let status = self.child.wait().unwrap();
         let rest = self.rest.join().unwrap();
         (status, self.log + &rest)
+    }
+}
+
+/// Copies folder `from` into `to`, subfolders included.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
 }
