@@ -25,6 +25,7 @@ bench: build $(BENCH_VENV)/.complete
 	  --gemm "cargo bench --locked --bench gemm -- THREADS BATCH" \
 	  --threads $(BENCH_THREADS) --reps $(BENCH_REPS) --batches $(BENCH_BATCHES)
 	$(MAKE) --no-print-directory bench-tables
+	$(MAKE) --no-print-directory bench-pictures
 
 # Where one step's time goes, phase by phase (one thread, CPU time).
 bench-step: setup
@@ -144,3 +145,28 @@ quality-tables: build $(TABLES_STAMP)
 # Remakes tests/fixtures/tables from scikit-learn's bundled sets (tests/fixtures/make_tables.py).
 tables-fixtures: $(TABLES_STAMP)
 	cd tests/fixtures && rm -rf tables && "$(TABLES_PY)" make_tables.py
+
+# Pictures: Fashion-MNIST's training set as PNG class folders, loaded by the job's loader next
+# to Keras' image_dataset_from_directory and a PIL loop (bench/pictures.py). Run it alone.
+PICTURES_VENV := $(CACHE_DIR)/pictures-venv-$(shell sha256sum bench/pictures-requirements.txt | cut -c1-12)
+PICTURES_PY := $(PICTURES_VENV)/bin/python
+PICTURES_STAMP := $(PICTURES_VENV)/.complete
+
+$(PICTURES_STAMP): bench/pictures-requirements.txt
+	rm -rf "$(PICTURES_VENV)"
+	$(PYTHON) -m venv "$(PICTURES_VENV)"
+	"$(PICTURES_PY)" -m pip install --quiet --disable-pip-version-check \
+	  -r bench/pictures-requirements.txt
+	touch "$@"
+
+.PHONY: bench-pictures pictures-fixtures
+bench-pictures: build $(PICTURES_STAMP)
+	cargo build --release --locked --bench tables
+	$(PICTURES_PY) bench/pictures.py --loader "cargo bench --locked --bench tables --" \
+	  --python "$(PICTURES_PY)" --work "$(CACHE_DIR)/bench-pictures" \
+	  --threads $(BENCH_THREADS) --reps $(BENCH_REPS)
+
+# Remakes tests/fixtures/pictures from scikit-learn's sample photos
+# (tests/fixtures/make_pictures.py).
+pictures-fixtures: $(TABLES_STAMP)
+	cd tests/fixtures && rm -rf pictures && "$(TABLES_PY)" make_pictures.py

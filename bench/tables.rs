@@ -1,7 +1,8 @@
 //! One channel's load, in this fresh process: `cargo bench --bench tables -- DIR FORMAT`, where
-//! FORMAT is a channel ContentType (`csv`, `parquet`, `idx`, …). Prints one JSON line: wall
-//! seconds, rows and features, and the process's resident memory before the load and at its
-//! peak (what `make bench-tables` compares with pandas and pyarrow).
+//! FORMAT is a channel ContentType (`csv`, `parquet`, `idx`, `image`, …). Prints one JSON line:
+//! wall seconds, rows and features, and the process's resident memory before the load and at
+//! its peak (what `make bench-tables` compares with pandas and pyarrow, and `make
+//! bench-pictures` with Keras and PIL).
 
 use std::path::Path;
 use std::time::Instant;
