@@ -22,7 +22,7 @@ use crate::s3::{self, ChannelArg, S3Uri};
 pub const EXIT_USER_ERROR: u8 = 1;
 /// Exit code for failures of the trainer or its environment.
 pub const EXIT_INTERNAL_ERROR: u8 = 2;
-/// Exit code after SIGTERM/SIGINT (128 + SIGTERM), as shells report a terminated process.
+/// Exit code after a stop, SIGTERM, SIGINT or SIGHUP (128 + SIGTERM), as shells report a terminated process.
 pub const EXIT_STOPPED: u8 = 143;
 
 /// What `-h` (the short help) adds, at the top level and after `train`.
@@ -149,8 +149,9 @@ fn after_help() -> String {
   output/failure                      why a job failed, one line of at most 1024 bytes
                                       starting ClientError: (your input; exit 1),
                                       InternalError: (ours or the system's; exit 2) or
-                                      Stopped: (SIGTERM/SIGINT; exit 143). A second run in a
-                                      folder in use is refused (exit 1) and writes nothing
+                                      Stopped: (SIGTERM, SIGINT or SIGHUP; exit 143). A
+                                      second run in a folder in use is refused (exit 1) and
+                                      writes nothing
   output/success                      written when a job succeeds
   output/data/                        evaluation.json, predictions.png, confusion.png,
                                       training.png, samples.png (uploaded as output.tar.gz)
@@ -217,14 +218,18 @@ fn init_logging() {
         .init();
 }
 
-/// SIGTERM (SageMaker's and `docker stop`'s) and SIGINT set `stop`; every stage of the job
-/// checks it. As PID 1 in a container, a process without handlers would ignore SIGTERM
-/// entirely. One that came before these handlers existed was noted by `early`'s.
+/// SIGTERM (SageMaker's and `docker stop`'s), SIGINT and SIGHUP set `stop`; every stage of the
+/// job checks it. As PID 1 in a container, a process without handlers would ignore SIGTERM
+/// entirely. One that came before these handlers existed was noted by `early`'s. SIGUSR1 and
+/// SIGUSR2 are only logged: their default action would end hours of training without a reason.
 fn install_signal_handlers(stop: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    for sig in [SIGTERM, SIGINT] {
+    for sig in crate::early::STOPS {
         signal_hook::flag::register(sig, Arc::clone(stop))?;
         signal_hook::flag::register_usize(sig, Arc::clone(which), sig as usize)?;
+    }
+    for sig in crate::early::IGNORED {
+        // SAFETY: the handler only calls write(2), which is async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, move || log_ignored(sig)) }?;
     }
     if let Some(sig) = crate::early::take() {
         which.store(sig as usize, Ordering::Relaxed);
@@ -233,10 +238,24 @@ fn install_signal_handlers(stop: &Arc<AtomicBool>, which: &Arc<AtomicUsize>) -> 
     Ok(())
 }
 
+/// Says on stderr that `sig` was ignored; runs in the signal handler, so it only writes a
+/// message fixed in advance.
+fn log_ignored(sig: i32) {
+    let msg: &[u8] = match sig {
+        signal_hook::consts::SIGUSR1 => {
+            b"SIGUSR1 ignored: training stops on SIGTERM, SIGINT or SIGHUP\n"
+        }
+        _ => b"SIGUSR2 ignored: training stops on SIGTERM, SIGINT or SIGHUP\n",
+    };
+    // SAFETY: writes a static buffer to stderr; a failed write is of no consequence.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
 fn signal_name(sig: usize) -> &'static str {
     match sig as i32 {
         signal_hook::consts::SIGTERM => "SIGTERM",
         signal_hook::consts::SIGINT => "SIGINT",
+        signal_hook::consts::SIGHUP => "SIGHUP",
         _ => "a signal",
     }
 }

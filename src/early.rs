@@ -1,4 +1,5 @@
-//! SIGTERM and SIGINT before `main`: handled from the first moment the program's own code runs.
+//! SIGTERM, SIGINT and SIGHUP before `main`: handled from the first moment the program's own
+//! code runs.
 //!
 //! The dynamic loader runs every shared library's initialisers before `main`, and libtorch's
 //! take about 0.4 s. A signal in that time would kill a process on a host without a word, and
@@ -17,18 +18,29 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The signal that came before the program's own handlers existed; 0 for none.
 static EARLY: AtomicI32 = AtomicI32::new(0);
 
-/// The signals a stop arrives as.
-const STOPS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+/// The signals a stop arrives as. SIGHUP (a closed terminal or SSH session, a supervisor's
+/// reload) would otherwise kill the process without a reason; as a stop it leaves a checkpoint
+/// and a `Stopped:` line like SIGTERM.
+pub const STOPS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// Signals whose default action would end a job without a word, though nothing means them as a
+/// stop: training ignores them (and logs each, see `cli`).
+pub const IGNORED: [libc::c_int; 2] = [libc::SIGUSR1, libc::SIGUSR2];
 
 extern "C" fn note(sig: libc::c_int) {
     EARLY.store(sig, Ordering::Relaxed);
 }
 
-/// Installs the note-taking handler for SIGTERM and SIGINT, then unblocks them: the image's
+/// Installs the note-taking handler for the stops and ignores [`IGNORED`], then unblocks the
+/// stops: the image's
 /// entry point (`smtrain-init`) blocks them across exec, so that one sent before this moment
 /// waits, pending, instead of being dropped (PID 1) or killing the process (elsewhere). Called
 /// before libraries are initialised, so it uses nothing but `sigaction` and `sigprocmask`.
 pub fn install() {
+    for sig in IGNORED {
+        // SAFETY: sets a disposition; no memory is involved.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
     for sig in STOPS {
         // SAFETY: a zeroed sigaction with an async-signal-safe handler (one atomic store);
         // sigaction needs no initialised library state.
@@ -64,7 +76,7 @@ pub fn take() -> Option<i32> {
 /// For commands that do not stop gracefully: the default actions back, and a signal that came
 /// early delivered again now, with its default action.
 pub fn release() {
-    for sig in STOPS {
+    for sig in STOPS.into_iter().chain(IGNORED) {
         // SAFETY: restores the default disposition; no memory is involved.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }

@@ -37,7 +37,7 @@ pub fn is_user_error(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<UserError>())
 }
 
-/// The job was stopped by SIGTERM or SIGINT before it finished; the text says where training
+/// The job was stopped by SIGTERM, SIGINT or SIGHUP before it finished; the text says where training
 /// stood and what was saved.
 #[derive(Debug, Default)]
 pub struct Stopped(pub String);

@@ -5,7 +5,7 @@
 //!
 //! | module        | what it does                                                         |
 //! |---------------|----------------------------------------------------------------------|
-//! | [`early`]     | SIGTERM and SIGINT noted from before libtorch initialises             |
+//! | [`early`]     | SIGTERM, SIGINT and SIGHUP noted from before libtorch initialises     |
 //! | [`contract`]  | `/opt/ml` paths from one base; the JSON files SageMaker writes        |
 //! | [`files`]     | reading input files: regular files only, never more than they can hold |
 //! | [`config`]    | hyperparameter strings → validated [`config::TrainConfig`], from one table of keys |

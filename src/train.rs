@@ -93,6 +93,37 @@ pub fn evaluate_unless(model: &Mlp, data: &DeviceData, stop: &dyn Fn() -> bool) 
     })
 }
 
+/// Scores the validation set, giving up (`None`) between batches once a stop is requested.
+/// Ranks of a multi-host job hold the same validation set and agree on the stop before each
+/// batch, so that they give up together, where one alone would leave the others waiting in
+/// the next exchange.
+fn validate(
+    model: &Mlp,
+    data: &DeviceData,
+    parallel: Option<&Parallel>,
+    hooks: &impl Hooks,
+) -> Result<Option<Score>> {
+    let Some(group) = parallel.map(|p| p.group) else {
+        return Ok(evaluate_unless(model, data, &|| hooks.stop_requested()));
+    };
+    let failed = std::cell::RefCell::new(None);
+    let agreed = || {
+        let vote = Tensor::from_slice(&[f32::from(u8::from(hooks.stop_requested()))]);
+        match group.all_reduce_sum(&vote) {
+            Ok(()) => vote.double_value(&[0]) > 0.0,
+            Err(e) => {
+                failed.replace(Some(e));
+                true
+            }
+        }
+    };
+    let score = evaluate_unless(model, data, &agreed);
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(score),
+    }
+}
+
 /// The order in which an epoch visits the training samples.
 pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<i64> {
     let mut order: Vec<i64> = (0..n as i64).collect();
@@ -199,19 +230,14 @@ pub fn resume(
             }
         }
         finite(state.loss_sum.double_value(&[]), epoch, None)?;
-        // One host alone may stop mid-validation; ranks of a multi-host job stop together at
-        // step boundaries, where they agree on it.
         let validation = match validation {
-            Some(v) if parallel.is_none() => {
-                match evaluate_unless(&state.model, v, &|| hooks.stop_requested()) {
-                    Some(score) => Some(score),
-                    None => {
-                        hooks.stopping(&state)?;
-                        return Err(Stopped::default().into());
-                    }
+            Some(v) => match validate(&state.model, v, parallel, &*hooks)? {
+                Some(score) => Some(score),
+                None => {
+                    hooks.stopping(&state)?;
+                    return Err(Stopped::default().into());
                 }
-            }
-            Some(v) => Some(evaluate(&state.model, v)),
+            },
             None => None,
         };
         let stats = EpochStats {

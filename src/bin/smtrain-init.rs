@@ -1,8 +1,8 @@
-//! The image's entry point in front of `train`: blocks SIGTERM and SIGINT, then becomes the
-//! program its arguments name (exec: the same process, still PID 1).
+//! The image's entry point in front of `train`: blocks SIGTERM, SIGINT and SIGHUP, then becomes
+//! the program its arguments name (exec: the same process, still PID 1).
 //!
 //! In a container `train` is PID 1, and the kernel drops a signal that PID 1 has no handler
-//! for. `train` handles SIGTERM and SIGINT from its own first instruction (its
+//! for. `train` handles SIGTERM, SIGINT and SIGHUP from its own first instruction (its
 //! `.preinit_array`, before libtorch's initialisers), but the kernel's exec and the dynamic
 //! loader's mapping of libtorch come before that instruction: about 20 ms. A blocked signal is
 //! never dropped: it stays pending across exec until `train`, its handler installed, unblocks
@@ -24,6 +24,7 @@ extern "C" fn block_stops() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
@@ -31,7 +32,7 @@ extern "C" fn block_stops() {
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let Some(program) = args.first().cloned() else {
-        eprintln!("usage: smtrain-init PROGRAM [ARGUMENT...]: runs PROGRAM with SIGTERM and SIGINT blocked until it unblocks them");
+        eprintln!("usage: smtrain-init PROGRAM [ARGUMENT...]: runs PROGRAM with SIGTERM, SIGINT and SIGHUP blocked until it unblocks them");
         std::process::exit(2);
     };
     let Ok(argv) =

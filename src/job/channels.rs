@@ -366,7 +366,8 @@ fn load_channels(
         let loads: Vec<_> = sources
             .iter()
             .map(|(name, src)| {
-                let load = move || load_source(name, src, want);
+                let load =
+                    move || load_source(name, src, want).map_err(|e| unreadable_is_user(e, name));
                 (name, std::thread::Builder::new().spawn_scoped(s, load))
             })
             .collect();
@@ -397,6 +398,25 @@ fn load_source(name: &str, src: &Source, want: &data::picture::Want) -> Result<D
             anyhow::bail!("channel \"{name}\": {uri} was not downloaded before loading")
         }
     }
+}
+
+/// A channel's file or folder that this process may not read (`chmod 000`, another owner) is
+/// the job's input to fix, not a fault of the trainer: `err` as a user error when a permission
+/// error caused it.
+fn unreadable_is_user(err: anyhow::Error, name: &str) -> anyhow::Error {
+    let denied = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if !denied || crate::error::is_user_error(&err) {
+        return err;
+    }
+    // SAFETY: geteuid and getegid only read the process's credentials.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    user(format!(
+        "channel \"{name}\": {err:#}: make its folders readable and searchable, and its files \
+         readable, by the user the job runs as (uid {uid}, gid {gid})"
+    ))
 }
 
 /// Refuses data that leaves nothing to learn from or to score: a model trained on no samples

@@ -60,19 +60,34 @@ pub enum Summary {
 
 /// Refuses, before anything is allocated for training, a configuration that cannot fit in the
 /// host's memory. On a GPU the parameters live in device memory, which libtorch checks itself.
-fn check_memory(cfg: &TrainConfig, train: &Dataset, dev: tch::Device) -> Result<()> {
+fn check_memory(cfg: &TrainConfig, data: &Data, dev: tch::Device) -> Result<()> {
     if dev != tch::Device::Cpu {
         return Ok(());
     }
-    let mut need = budget::estimate(cfg, train.len(), train.features());
-    if let crate::data::Values::Floats(_) = train.values {
-        // Table features are four bytes each, not one.
-        need.data = need.data.saturating_mul(4);
-    }
-    match budget::room() {
-        Some(room) => budget::check(cfg, &need, &room),
-        None => Ok(()),
-    }
+    let copies = [Some(&data.train), data.validation.as_ref(), data.test.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            // Table features are four bytes each, pixels one.
+            let value_bytes = match d.values {
+                crate::data::Values::Floats(_) => 4,
+                crate::data::Values::Bytes(_) => 1,
+            };
+            budget::copy_bytes(d.len(), d.features(), value_bytes)
+        })
+        .fold(0u64, u64::saturating_add);
+    let need = budget::estimate(cfg, data.train.features(), copies);
+    let Some(room) = budget::room() else { return Ok(()) };
+    info!(
+        needs = %budget::size(need.growth()),
+        state = %budget::size(need.state),
+        activations = %budget::size(need.activations),
+        data = %budget::size(need.data),
+        free = %budget::size(room.free()),
+        limit = %room.describe(),
+        "memory check"
+    );
+    budget::check(cfg, &need, &room)
 }
 
 /// Runs the job described under `paths` and `opts`.
@@ -96,7 +111,7 @@ pub fn run(paths: &Paths, opts: &Options, stop: &AtomicBool) -> Result<Summary> 
     };
     prepare(&mut cfg, &mut data, parallel.as_ref())?;
     let cfg = cfg;
-    let placement = place(&cfg, &topology, &data.train)?;
+    let placement = place(&cfg, &topology, &data)?;
     let trained = train_stage(paths, &files, &cfg, &data, parallel.as_ref(), &placement, stop)?;
     if let Some(g) = &group {
         if let Some(worker) = hosts::finish(g, &topology, &trained.outcome.model)? {
@@ -201,10 +216,10 @@ fn prepare(cfg: &mut TrainConfig, data: &mut Data, parallel: Option<&Parallel>) 
 }
 
 /// Picks the device and threads, and refuses a configuration the host's memory cannot take.
-fn place(cfg: &TrainConfig, topology: &Topology, train: &Dataset) -> Result<Placement> {
+fn place(cfg: &TrainConfig, topology: &Topology, data: &Data) -> Result<Placement> {
     let placement = device::place(cfg.device, cfg.threads, topology.local_processes())?;
     info!(device = %placement.name(), threads = placement.threads, reason = %placement.reason, "device");
-    check_memory(cfg, train, placement.device)?;
+    check_memory(cfg, data, placement.device)?;
     Ok(placement)
 }
 

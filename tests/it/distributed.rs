@@ -374,3 +374,39 @@ fn only_the_train_channel_may_be_sharded() {
     );
     assert!(failure.contains("only \"train\" may be sharded"), "{failure}");
 }
+
+/// A stop while the hosts score a large validation set after the last step: the hosts agree on
+/// it between batches of the scoring, as they do between steps, and both exit 143 within
+/// seconds, the first host's checkpoint holding the finished steps (epoch 1 step 2).
+#[test]
+fn a_stop_during_the_validation_scoring_stops_every_host_promptly() {
+    let hp = [("epochs", "1"), ("hidden_units", "1024,1024"), ("batch_size", "32"), ("seed", "3")];
+    let (port, names) = (free_port(), hosts(2));
+    let mut ranks: Vec<Rank> = (0..2)
+        .map(|r| {
+            let job = rank_job(&hp, port, &names, r);
+            job.channels(&["train", "validation"]);
+            std::fs::remove_dir_all(job.path("input/data/train")).unwrap();
+            std::fs::remove_dir_all(job.path("input/data/test")).unwrap();
+            crate::stops::channel(&job, "train", 64);
+            crate::stops::channel(&job, "validation", 60_000);
+            Rank::start(job)
+        })
+        .collect();
+    ranks[1].wait_for_log("all hosts joined", Duration::from_secs(120));
+    // Two steps take milliseconds; scoring 60,000 images with these layers takes seconds.
+    std::thread::sleep(Duration::from_millis(1000));
+    let sent = Instant::now();
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(ranks[1].child.id() as i32, libc::SIGTERM) };
+    for r in &mut ranks {
+        assert_eq!(r.wait(Duration::from_secs(60)), 143, "{}", r.stderr());
+        let took = sent.elapsed();
+        assert!(took < Duration::from_secs(3), "took {took:?} to stop:\n{}", r.stderr());
+        let failure = r.job.failure().unwrap();
+        assert!(failure.contains("at epoch 1 step 2;"), "{failure}");
+    }
+    let checkpoints = |job: &Job| crate::util::names_in(&job.path("checkpoints"));
+    assert_eq!(checkpoints(&ranks[0].job), ["checkpoint-000000000002.safetensors"]);
+    assert!(checkpoints(&ranks[1].job).is_empty());
+}

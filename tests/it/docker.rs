@@ -668,3 +668,42 @@ fn serve_answers_from_outside_the_container_and_stops_cleanly() {
     assert_eq!(c.exit_code(), 0, "{}", c.logs().1);
     assert!(stopped.elapsed() < Duration::from_secs(10));
 }
+
+/// `docker run --memory 300m` with the notebook's job on the bundled Fashion-MNIST: the memory
+/// check counts what the process holds, found from the container's own cgroup, and the job
+/// trains. Layers too large for the same limit are refused before they are allocated, every
+/// part listed.
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn a_memory_limit_the_job_fits_trains_and_one_it_does_not_is_explained() {
+    let image = image();
+    let limited = |hp: &[(&str, &str)]| {
+        let job = Job::new();
+        job.hyperparameters(hp);
+        let mut extra = mounts(&job);
+        extra.extend(["--memory".to_string(), "300m".to_string()]);
+        let out = run(&image, &extra, &["train"]);
+        (job, out)
+    };
+    let (job, out) = limited(&[("epochs", "1")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let check = stderr.lines().find(|l| l.contains("memory check")).unwrap_or_default();
+    eprintln!("{check}");
+    assert!(check.contains("the cgroup's memory limit of 300.0 MiB"), "{stderr}");
+    assert!(job.succeeded());
+
+    let (job, out) = limited(&[("epochs", "1"), ("hidden_units", "4096,4096")]);
+    let failure = job.failure().unwrap_or_else(|| panic!("no failure: {}", text(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{failure}");
+    for part in [
+        "611.5 MiB for the weights",
+        "MiB of activations",
+        "52.9 MiB for the data's copies",
+        "32.0 MiB of head-room",
+        "the cgroup's memory limit of 300.0 MiB, of which this process uses ",
+        ": lower hidden_units, or give the job more memory",
+    ] {
+        assert!(failure.contains(part), "lacks {part:?}: {failure}");
+    }
+}

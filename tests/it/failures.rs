@@ -168,3 +168,49 @@ fn an_impossible_checkpoint_local_path_is_a_client_error() {
         fails_with(&job, &["checkpointconfig.json", "LocalPath", why]);
     }
 }
+
+/// Makes `cmd`'s process subject to file permissions even as root: without the capabilities
+/// that bypass them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), root reads only what its owner or
+/// mode allow, as an ordinary user does. (Run as another user, the job could not reach this
+/// checkout's libtorch.) Not root, the drop fails and changes nothing that matters.
+fn without_permission_override(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is a plain system call, allowed between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for cap in [1, 2] {
+                // CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, out of the bounding set, so that
+                // exec does not grant them.
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A channel folder, or a folder in it, that the job may not read (`chmod 000`) is the user's to
+/// fix: exit 1 and a `ClientError` naming the channel, the folder and the job's user.
+#[test]
+fn an_unreadable_channel_folder_is_a_client_error() {
+    use std::os::unix::fs::PermissionsExt;
+    for locked in ["input/data/train", "input/data/train/inner"] {
+        let job = Job::small(&[("epochs", "1")]);
+        let inner = job.path("input/data/train/inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        for name in ["images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"] {
+            std::fs::rename(job.path("input/data/train").join(name), inner.join(name)).unwrap();
+        }
+        let dir = job.path(locked);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let mut cmd = job.command();
+        without_permission_override(&mut cmd);
+        let run = crate::util::Run(cmd.output().unwrap());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let failure = job.failure().unwrap_or_else(|| panic!("{locked}: {}", run.stderr()));
+        assert_eq!(run.code(), Some(1), "{locked}: {failure}");
+        assert!(failure.starts_with("ClientError: channel \"train\": "), "{failure}");
+        assert!(failure.contains(&dir.display().to_string()), "{failure}");
+        assert!(failure.contains("Permission denied") && failure.contains("(uid "), "{failure}");
+        assert!(job.model_files().is_empty() && !job.succeeded(), "{locked}");
+    }
+}

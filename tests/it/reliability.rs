@@ -24,8 +24,138 @@ fn layers_too_large_for_memory_are_refused_before_allocating() {
     fails_fast(
         &job,
         Duration::from_secs(30),
-        &["8642166794 parameters", "of memory", "lower hidden_units or batch_size"],
+        &["8642166794 parameters", "of memory", "lower hidden_units, or give the job more memory"],
     );
+}
+
+/// A memory cgroup of its own for a child process, under this test process's cgroup (v1's
+/// memory hierarchy) or at the root of v2's; removed when dropped.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+    procs: std::ffi::CString,
+}
+
+impl MemoryCgroup {
+    /// A cgroup limited to `limit` bytes; `None` where none can be made (not root, no memory
+    /// controller that this process may write to).
+    fn new(limit: u64) -> Option<Self> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let parent = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, path)| path.to_string()))
+            .map(|path| Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')))
+            .unwrap_or_else(|| Path::new("/sys/fs/cgroup").to_path_buf());
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("smtrain-it-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let group =
+            Self { procs: std::ffi::CString::new(dir.join("cgroup.procs").to_str()?).ok()?, dir };
+        let v1 = group.dir.join("memory.limit_in_bytes");
+        let file = if v1.exists() { v1 } else { group.dir.join("memory.max") };
+        std::fs::write(file, limit.to_string()).ok()?;
+        Some(group)
+    }
+
+    /// Runs `cmd`'s process in this cgroup from before its exec.
+    fn enter(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let procs = self.procs.clone();
+        // SAFETY: only system calls (open, write, close) and arithmetic on the stack between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut digits = [0u8; 20];
+                let mut pid = libc::getpid() as u32;
+                let mut at = digits.len();
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (pid % 10) as u8;
+                    pid /= 10;
+                    if pid == 0 {
+                        break;
+                    }
+                }
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let wrote = libc::write(fd, digits[at..].as_ptr().cast(), digits.len() - at);
+                libc::close(fd);
+                match wrote {
+                    n if n > 0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
+
+    /// The most memory the cgroup's processes used at once (page cache included), if known.
+    fn peak(&self) -> Option<u64> {
+        ["memory.max_usage_in_bytes", "memory.peak"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(self.dir.join(f)).ok()?.trim().parse().ok())
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The notebook's job on the installed Fashion-MNIST (60,000 training images) under a
+/// 300 MiB memory limit: the check counts what the process really holds and lets it train.
+#[test]
+fn a_job_under_a_tight_but_sufficient_memory_limit_trains() {
+    let Some(group) = MemoryCgroup::new(300 * MIB) else {
+        eprintln!("SKIPPED a_job_under_a_tight_but_sufficient_memory_limit_trains: no memory cgroup can be made here (needs root and cgroup v1's memory hierarchy or v2's root)");
+        return;
+    };
+    let job = Job::new();
+    job.hyperparameters(&[("epochs", "1")]);
+    let mut cmd = job.command();
+    group.enter(&mut cmd);
+    let run = Run(cmd.output().unwrap());
+    let log = run.stderr();
+    let memory = log.lines().find(|l| l.contains("memory check")).unwrap_or_default();
+    eprintln!("{memory}\npeak use of the cgroup: {:?} MiB", group.peak().map(|p| p / MIB));
+    assert_eq!(run.code(), Some(0), "{:?}\n{log}", job.failure());
+    assert!(memory.contains("the cgroup's memory limit of 300.0 MiB"), "{log}");
+    assert!(job.succeeded());
+}
+
+/// Layers too large for the same limit are refused before they are allocated, with every part
+/// in MiB and the changes that would help.
+#[test]
+fn layers_too_large_for_a_memory_limit_are_refused_with_every_part() {
+    let Some(group) = MemoryCgroup::new(300 * MIB) else {
+        eprintln!("SKIPPED layers_too_large_for_a_memory_limit_are_refused_with_every_part: no memory cgroup can be made here (needs root and cgroup v1's memory hierarchy or v2's root)");
+        return;
+    };
+    let job = Job::new();
+    job.hyperparameters(&[("epochs", "1"), ("hidden_units", "4096,4096")]);
+    let mut cmd = job.command();
+    group.enter(&mut cmd);
+    let run = Run(cmd.output().unwrap());
+    let failure = job.failure().unwrap_or_else(|| panic!("no failure: {}", run.stderr()));
+    assert_eq!(run.code(), Some(1), "{failure}");
+    for part in [
+        "ClientError: hyperparameters hidden_units=[4096, 4096] and batch_size=32 need about ",
+        "MiB of memory beyond what this process holds (the program, libtorch and the loaded data)",
+        "611.5 MiB for the weights, gradients, optimizer state and checkpoint copies of 20037642 \
+         parameters",
+        "MiB of activations and inputs for 2000 rows at a time",
+        "52.9 MiB for the data's copies for training and scoring",
+        "32.0 MiB of head-room for libtorch",
+        "but the cgroup's memory limit of 300.0 MiB, of which this process uses ",
+        ": lower hidden_units, or give the job more memory (a higher memory limit",
+    ] {
+        assert!(failure.contains(part), "lacks {part:?}: {failure}");
+    }
+    assert!(job.model_files().is_empty() && !job.succeeded());
 }
 
 #[test]

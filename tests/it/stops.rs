@@ -2,7 +2,7 @@
 //! checkpoint, the model and the pictures each see the stop, and the job exits 143 within
 //! seconds, leaving a resumable checkpoint and nothing in `model/` or `output/data/`.
 
-use std::process::{ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{names_in, Job, Started};
@@ -23,7 +23,7 @@ fn fixture_train() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// A channel of `n` images: the fixture's train images over and over, as plain IDX files.
-fn channel(job: &Job, name: &str, n: usize) {
+pub(crate) fn channel(job: &Job, name: &str, n: usize) {
     let (images, labels) = fixture_train();
     let (images, labels) = (&images[16..], &labels[8..]);
     let mut img = [0x0803u32, n as u32, 28, 28].iter().flat_map(|v| v.to_be_bytes()).collect();
@@ -150,7 +150,7 @@ fn a_stop_while_the_validation_set_is_scored_checkpoints_after_the_last_step() {
     assert!(epoch(&job)["validation_loss"].is_number(), "{}", epoch(&job));
 }
 
-/// The image's entry point: blocks SIGTERM and SIGINT, then execs what it is given.
+/// The image's entry point: blocks SIGTERM, SIGINT and SIGHUP, then execs what it is given.
 const INIT: &str = env!("CARGO_BIN_EXE_smtrain-init");
 
 /// A job that takes seconds, so that a stop in its first second cannot come after its end.
@@ -161,19 +161,38 @@ fn long_job() -> Job {
 /// Sends SIGTERM `ms` after spawning `cmd` (a [`long_job`]) and checks that the stop was
 /// kept: exit 143, a `Stopped:` line, no success and no model.
 fn stopped_at_start(job: &Job, cmd: &mut std::process::Command, ms: u64) {
+    stopped_at_start_by(job, cmd, ms, libc::SIGTERM, "SIGTERM");
+}
+
+/// Like [`stopped_at_start`], with signal `sig`, whose name the `Stopped:` line must give.
+fn stopped_at_start_by(job: &Job, cmd: &mut Command, ms: u64, sig: i32, name: &str) {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(ms));
     let sent = Instant::now();
     // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, sig) };
     let status = child.wait().unwrap();
     let took = sent.elapsed();
-    assert_eq!(status.code(), Some(143), "SIGTERM {ms} ms after the start: {status:?}");
-    let failure = job.failure().unwrap_or_else(|| panic!("{ms} ms: no failure file"));
-    assert!(failure.starts_with("Stopped: stopped by SIGTERM"), "{ms} ms: {failure}");
-    assert!(took < PROMPT, "{ms} ms: took {took:?} to stop");
+    assert_eq!(status.code(), Some(143), "{name} {ms} ms after the start: {status:?}");
+    let failure = job.failure().unwrap_or_else(|| panic!("{name} {ms} ms: no failure file"));
+    let expected = format!("Stopped: stopped by {name}");
+    assert!(failure.starts_with(&expected), "{ms} ms: {failure}");
+    assert!(took < PROMPT, "{name} {ms} ms: took {took:?} to stop");
     assert!(!job.succeeded(), "{ms} ms");
     assert!(job.model_files().is_empty(), "{ms} ms: {:?}", job.model_files());
+}
+
+/// `cmd` run through the image's entry point.
+fn through_init(cmd: &Command) -> Command {
+    let mut init = Command::new(INIT);
+    init.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => init.env(k, v),
+            None => init.env_remove(k),
+        };
+    }
+    init
 }
 
 /// Through the image's entry point, a stop at any moment of the start is kept: the kernel's
@@ -184,16 +203,7 @@ fn stopped_at_start(job: &Job, cmd: &mut std::process::Command, ms: u64) {
 fn a_stop_at_any_moment_of_the_start_is_kept() {
     for ms in [10, 15, 20, 30, 50, 100, 200, 300, 400, 600, 800] {
         let job = long_job();
-        let cmd = job.command();
-        let mut through_init = std::process::Command::new(INIT);
-        through_init.arg(cmd.get_program()).args(cmd.get_args());
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => through_init.env(k, v),
-                None => through_init.env_remove(k),
-            };
-        }
-        stopped_at_start(&job, &mut through_init, ms);
+        stopped_at_start(&job, &mut through_init(&job.command()), ms);
     }
 }
 
@@ -205,4 +215,62 @@ fn a_stop_while_libtorch_initialises_is_kept_without_the_entry_point() {
         let job = long_job();
         stopped_at_start(&job, &mut job.command(), ms);
     }
+}
+
+/// SIGHUP (a closed terminal or SSH session) stops the job as SIGTERM does, from the first
+/// moments on: exit 143 and a `Stopped:` line naming it, through the entry point or not.
+#[test]
+fn sighup_at_the_start_stops_the_job() {
+    for ms in [10, 100, 400] {
+        let job = long_job();
+        stopped_at_start_by(&job, &mut through_init(&job.command()), ms, libc::SIGHUP, "SIGHUP");
+    }
+    for ms in [100, 400] {
+        let job = long_job();
+        stopped_at_start_by(&job, &mut job.command(), ms, libc::SIGHUP, "SIGHUP");
+    }
+}
+
+/// SIGHUP mid-training: a checkpoint at the stop, exit 143, and a run again resumes from it.
+#[test]
+fn sighup_mid_training_checkpoints_like_sigterm() {
+    let job = Job::small(&[("epochs", "200")]);
+    let started = Started::until(&mut job.command(), "epoch done");
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(started.child.id() as i32, libc::SIGHUP) };
+    let (status, log) = started.finish();
+    let failure = job.failure().unwrap_or_else(|| panic!("no failure file; log:\n{log}"));
+    assert_eq!(status.code(), Some(143), "{failure}\n{log}");
+    assert!(failure.starts_with("Stopped: stopped by SIGHUP at epoch "), "{failure}");
+    assert!(failure.contains("checkpoint") && failure.contains("resumes"), "{failure}");
+    assert!(!checkpoints(&job).is_empty(), "{log}");
+    assert!(job.model_files().is_empty() && !job.succeeded(), "{:?}", job.model_files());
+}
+
+/// SIGUSR1 and SIGUSR2 (nothing SageMaker sends; their default action ends a process) neither
+/// end nor stop training, while libtorch starts or mid-epoch: each is logged, and the job
+/// succeeds.
+#[test]
+fn sigusr1_and_sigusr2_are_ignored_with_a_log_line() {
+    let job = Job::small(&[("epochs", "3")]);
+    let mut cmd = job.command();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("epoch done") {
+        let n = std::io::BufRead::read_line(&mut stderr, &mut log).unwrap();
+        assert!(n > 0, "the job ended before its first epoch:\n{log}");
+    }
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(job.succeeded() && job.failure().is_none(), "{log}");
+    assert!(log.contains("SIGUSR1 ignored") && log.contains("SIGUSR2 ignored"), "{log}");
 }
