@@ -246,7 +246,7 @@ fn pixel_limit(want: &Want, threads: usize) -> usize {
         return picture::MAX_PIXELS / 4;
     }
     // A decoded pixel takes up to 8 bytes (16-bit RGBA) before it is converted.
-    let free = crate::budget::room().map_or(u64::MAX, |r| r.bytes);
+    let free = crate::budget::room().map_or(u64::MAX, |r| r.free());
     let by_memory = free / 8 / (threads as u64 * 8);
     (by_memory.min(picture::MAX_PIXELS as u64) as usize).max(1 << 20)
 }
