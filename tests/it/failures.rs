@@ -105,7 +105,10 @@ fn test_images_of_another_size() {
     let mut bytes = vec![0u8, 0, 8, 3, 0, 0, 0, 200, 0, 0, 0, 14, 0, 0, 0, 14];
     bytes.extend_from_slice(&vec![0u8; 200 * 14 * 14]);
     job.write("input/data/test/images-idx3-ubyte.gz", bytes);
-    fails_with(&job, &["channel \"test\" has 14x14 images but \"train\" has 28x28"]);
+    fails_with(
+        &job,
+        &["channel \"test\" has 14x14 grey images but \"train\" has 28x28 grey images"],
+    );
 }
 
 #[test]
