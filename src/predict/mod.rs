@@ -127,8 +127,9 @@ pub fn classify(loaded: &Loaded, pixels: &[u8], invert: bool) -> Predictions {
 /// one, a confident and useless prediction. Whole numbers (PNG, JPEG, IDX and uint8 pixels)
 /// never trip it; a black image of zeros is read as sent.
 pub fn check_pixel_scale(pixels: &[f32]) -> std::result::Result<(), String> {
-    let fractions = pixels.iter().any(|p| p.fract() != 0.0);
-    if fractions && pixels.iter().all(|p| (0.0..=1.0).contains(p)) {
+    // The range first: it stops at the first pixel over 1, the usual case, in a few values.
+    let unit = pixels.iter().all(|p| (0.0..=1.0).contains(p));
+    if unit && pixels.iter().any(|p| p.fract() != 0.0) {
         return Err("every pixel value lies between 0 and 1, with fractions, as in images \
                     scaled to 0-1; the model takes 0 to 255: multiply by 255 (or send the \
                     uint8 pixels)"
