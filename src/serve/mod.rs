@@ -84,7 +84,7 @@ ERRORS (a JSON body {\"error\": \"...\", \"status\": N}): 400 bad image (which o
 LIMITS: a request head must arrive within SMTRAIN_SERVE_CLIENT_TIMEOUT_SECONDS of the
   connection's start or its last answer (idle keep-alive connections close then too); a body
   must keep arriving (no gap over that timeout) and end within 60 s. Memory: about the model
-  times (workers + 5), plus 60 MB, plus SMTRAIN_SERVE_MEMORY_MB, plus 128 KB per open
+  times (workers + 5), plus 150 MB, plus SMTRAIN_SERVE_MEMORY_MB, plus 128 KB per open
   connection. The open-file limit is raised to its hard limit at start. SIGTERM stops
   accepting, answers what is in flight within 5 s, closes the rest and exits 0.
 
