@@ -124,6 +124,22 @@ pub fn classify(loaded: &Loaded, pixels: &[u8], invert: bool) -> Predictions {
     )
 }
 
+/// Refuses pixel values that look scaled to 0–1: every value between 0 and 1 and at least one
+/// with a fraction. Models take 0–255, and such an image would be answered as a nearly black
+/// one, a confident and useless prediction. Whole numbers (PNG, JPEG, IDX and uint8 pixels)
+/// never trip it; a black image of zeros is read as sent.
+pub fn check_pixel_scale(pixels: &[f32]) -> std::result::Result<(), String> {
+    // The range first: it stops at the first pixel over 1, the usual case, in a few values.
+    let unit = pixels.iter().all(|p| (0.0..=1.0).contains(p));
+    if unit && pixels.iter().any(|p| p.fract() != 0.0) {
+        return Err("every pixel value lies between 0 and 1, with fractions, as in images \
+                    scaled to 0-1; the model takes 0 to 255: multiply by 255 (or send the \
+                    uint8 pixels)"
+            .into());
+    }
+    Ok(())
+}
+
 /// Classifies rows of table features as sent (`count × features` floats): standardized as in
 /// training, then the same forward pass.
 pub fn classify_rows(loaded: &Loaded, mut rows: Vec<f32>) -> Predictions {

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::json;
 use crate::data::{picture, Shape};
 use crate::evaluation::Predictions;
 
@@ -31,6 +32,21 @@ fn essence(media: &str) -> String {
     media.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
+/// One `Accept` item: its media range, lower-cased, and its weight (`q`, default 1; a weight
+/// that is not a number from 0 to 1 counts as 0, so that a typo never wins).
+fn media_range(item: &str) -> (String, f32) {
+    let mut parts = item.split(';');
+    let range = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let q = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+        .map_or(Some(1.0), |(_, v)| {
+            v.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q))
+        })
+        .unwrap_or(0.0);
+    (range, q)
+}
+
 impl Input {
     /// `Content-Type`'s format; `None` for a type this server does not read.
     pub fn from_content_type(header: Option<&str>) -> Option<Self> {
@@ -48,19 +64,49 @@ impl Input {
 }
 
 impl Output {
-    /// The first type in `Accept` this server writes; a missing header or `*/*` is JSON.
+    /// The type `Accept` prefers among those this server writes (RFC 9110, 12.5.1): each is
+    /// weighed by the most specific range that matches it; the highest weight above 0 wins,
+    /// a tie going to the range listed first, then to JSON. A missing header is JSON.
     pub fn from_accept(header: Option<&str>) -> Option<Self> {
         let Some(header) = header.filter(|h| !h.trim().is_empty()) else {
             return Some(Output::Json);
         };
-        header.split(',').find_map(|item| match essence(item).as_str() {
-            "application/json" | "*/*" | "application/*" => Some(Output::Json),
-            "application/jsonlines" | "application/x-jsonlines" | "application/jsonl" => {
-                Some(Output::JsonLines)
+        let ranges: Vec<(String, f32)> = header.split(',').map(media_range).collect();
+        let mut best: Option<(f32, usize, Output)> = None;
+        for output in [Output::Json, Output::JsonLines, Output::Csv] {
+            // (specificity, weight, position) of the most specific range that matches.
+            let mut chosen: Option<(u8, f32, usize)> = None;
+            for (at, (range, q)) in ranges.iter().enumerate() {
+                let Some(specific) = output.matches(range) else { continue };
+                if chosen.is_none_or(|(s, _, _)| specific > s) {
+                    chosen = Some((specific, *q, at));
+                }
             }
-            "text/csv" | "text/*" => Some(Output::Csv),
-            _ => None,
-        })
+            let Some((_, q, at)) = chosen.filter(|c| c.1 > 0.0) else { continue };
+            if best.is_none_or(|(bq, bat, _)| q > bq || (q == bq && at < bat)) {
+                best = Some((q, at, output));
+            }
+        }
+        best.map(|(_, _, output)| output)
+    }
+
+    /// How specifically `range` names this type: 2 exactly, 1 as `type/*`, 0 as `*/*`.
+    fn matches(self, range: &str) -> Option<u8> {
+        let exact: &[&str] = match self {
+            Output::Json => &["application/json"],
+            Output::JsonLines => {
+                &["application/jsonlines", "application/x-jsonlines", "application/jsonl"]
+            }
+            Output::Csv => &["text/csv"],
+        };
+        let family = if self == Output::Csv { "text/*" } else { "application/*" };
+        if exact.contains(&range) {
+            Some(2)
+        } else if range == family {
+            Some(1)
+        } else {
+            (range == "*/*").then_some(0)
+        }
     }
 
     pub fn content_type(self) -> &'static str {
@@ -74,37 +120,31 @@ impl Output {
 
 /// Images, `features` pixel values (0–255) each, as floats: what the model takes before
 /// `model.json`'s scale.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
     pub pixels: Vec<f32>,
     pub count: usize,
 }
 
-/// Decodes a request body of `input` format into images of the model's `shape`: pictures are
-/// converted and resized as in training; arrays must already have the shape.
-pub fn decode(input: Input, body: &[u8], shape: Shape) -> Result<Batch, String> {
-    // Nested JSON images are lists of rows, each row's pixels' channels side by side.
-    let (rows, cols) = (shape.rows, shape.cols * shape.channels);
-    let features = shape.len();
+/// Decodes a request body of `input` format into images of the model's `image` shape: pictures
+/// are converted and resized as in training; arrays must already have the shape.
+pub fn decode(input: Input, body: &[u8], image: Shape) -> Result<Batch, String> {
+    let features = image.len();
+    let shape = json::Shape::Image { rows: image.rows, cols: image.cols, channels: image.channels };
+    let text = body.strip_prefix(BOM).unwrap_or(body);
     let batch = match input {
-        Input::Json => match plain_json(body, features) {
+        Input::Json => match plain_json(text, features) {
             Some(batch) => batch,
-            None => from_json(body, features, (rows, cols))?,
+            None => json::body(text, shape).map(|(pixels, count)| Batch { pixels, count })?,
         },
+        Input::JsonLines if text.iter().all(u8::is_ascii_whitespace) => Batch::default(),
         Input::JsonLines => {
-            let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text")?;
-            let mut images = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("line {}: not JSON: {e}", i + 1))?;
-                images.push(v);
-            }
-            from_json_images(images.iter(), features, (rows, cols))?
+            json::lines(text, shape).map(|(pixels, count)| Batch { pixels, count })?
         }
-        Input::Csv => from_csv(body, features)?,
-        Input::Npy => from_npy(body, shape)?,
+        Input::Csv => from_csv(text, features)?,
+        Input::Npy => from_npy(body, image)?,
         Input::Picture => {
-            let pixels = picture::load(body, shape, true, picture::MAX_PIXELS)
+            let pixels = picture::load(body, image, true, picture::MAX_PIXELS)
                 .map_err(|why| format!("the image {why}"))?;
             Batch { pixels: pixels.into_iter().map(f32::from).collect(), count: 1 }
         }
@@ -112,23 +152,12 @@ pub fn decode(input: Input, body: &[u8], shape: Shape) -> Result<Batch, String> 
     if batch.count == 0 {
         return Err("the body holds no image".into());
     }
+    crate::predict::check_pixel_scale(&batch.pixels)?;
     Ok(batch)
 }
 
-/// A JSON body of any shape this server reads, or what is wrong with it.
-fn from_json(body: &[u8], features: usize, (rows, cols): (usize, usize)) -> Result<Batch, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let images = match value {
-        serde_json::Value::Object(mut o) => match o.remove("instances") {
-            Some(serde_json::Value::Array(a)) => a,
-            _ => return Err("a JSON object body needs \"instances\": a list of images".into()),
-        },
-        serde_json::Value::Array(a) => a,
-        _ => return Err("the JSON body must be a list of images or {\"instances\": [...]}".into()),
-    };
-    from_json_images(images.iter(), features, (rows, cols))
-}
+/// A UTF-8 byte order mark, which some editors and Excel write first: skipped in text bodies.
+pub const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// The usual JSON body fast: a list of flat lists of whole numbers 0 to 255 (what a client
 /// serialising an array of pixels sends), bare or as `{"instances": ...}`, each of `features`
@@ -222,71 +251,32 @@ impl Scan<'_> {
     }
 }
 
-/// One image from JSON: `features` numbers, or `rows` lists of `cols` numbers (grey), or of
-/// `cols × channels` numbers (RGB, each row's pixels' channels together).
-fn from_json_images<'a>(
-    images: impl Iterator<Item = &'a serde_json::Value>,
-    features: usize,
-    (rows, cols): (usize, usize),
-) -> Result<Batch, String> {
-    let mut pixels = Vec::new();
-    let mut count = 0;
-    for (i, image) in images.enumerate() {
-        let serde_json::Value::Array(items) = image else {
-            return Err(format!("image {i} is not a list of pixel values"));
-        };
-        let nested = items.first().is_some_and(serde_json::Value::is_array);
-        let flat: Vec<&serde_json::Value> = if nested {
-            if items.len() != rows {
-                return Err(format!(
-                    "image {i} has {} rows; expected {rows} of {cols} values",
-                    items.len()
-                ));
-            }
-            let mut flat = Vec::with_capacity(features);
-            for (r, row) in items.iter().enumerate() {
-                match row {
-                    serde_json::Value::Array(row) if row.len() == cols => flat.extend(row),
-                    serde_json::Value::Array(row) => {
-                        return Err(format!(
-                            "image {i} row {r} has {} values; expected {cols}",
-                            row.len()
-                        ))
-                    }
-                    _ => return Err(format!("image {i} row {r} is not a list")),
-                }
-            }
-            flat
-        } else {
-            items.iter().collect()
-        };
-        if flat.len() != features {
-            return Err(format!("image {i} has {} values; expected {features}", flat.len()));
-        }
-        for (j, v) in flat.into_iter().enumerate() {
-            let x = v.as_f64().ok_or_else(|| format!("image {i} value {j} is not a number"))?;
-            pixels.push(pixel(x).ok_or_else(|| format!("image {i} value {j} is {x}; {RANGE}"))?);
-        }
-        count += 1;
-    }
-    Ok(Batch { pixels, count })
-}
-
-const RANGE: &str = "pixel values are 0 to 255";
+pub const RANGE: &str = "pixel values are 0 to 255";
 
 fn pixel(x: f64) -> Option<f32> {
     (0.0..=255.0).contains(&x).then_some(x as f32)
 }
 
+/// One image per line, named by line (1-based). A blank line is an error: each line gets one
+/// answer line, so none may be skipped.
 fn from_csv(body: &[u8], features: usize) -> Result<Batch, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text")?;
     let mut pixels = Vec::new();
     let mut count = 0;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    if text.trim().is_empty() {
+        return Ok(Batch::default());
+    }
+    for (i, line) in text.lines().map(str::trim).enumerate() {
+        if line.is_empty() {
+            return Err(format!(
+                "line {} is blank; send one image of {features} values per line",
+                i + 1
+            ));
+        }
         let start = pixels.len();
         if !plain_pixels(line.as_bytes(), &mut pixels) || pixels.len() - start != features {
             pixels.truncate(start);
-            csv_line(line, count, features, &mut pixels)?;
+            csv_line(line, i + 1, features, &mut pixels)?;
         }
         count += 1;
     }
@@ -306,21 +296,21 @@ fn plain_pixels(line: &[u8], out: &mut Vec<f32>) -> bool {
     true
 }
 
-/// One CSV line of any numbers (`1`, ` 2.5 `, `1e2`), each checked, or why not.
-fn csv_line(line: &str, image: usize, features: usize, out: &mut Vec<f32>) -> Result<(), String> {
-    let mut n = 0;
+/// CSV line `n` (1-based) of any numbers (`1`, ` 2.5 `, `1e2`), each checked, or why not.
+fn csv_line(line: &str, n: usize, features: usize, out: &mut Vec<f32>) -> Result<(), String> {
+    let mut values = 0;
     for (j, field) in line.split(',').enumerate() {
         let x = whole_number(field.trim().as_bytes())
             .map(f64::from)
             .map_or_else(|| field.trim().parse(), Ok);
         let x: f64 = x.map_err(|_| {
-            format!("image {image} value {j} is {:?}, not a number", crate::error::clip(field, 40))
+            format!("line {n} value {j} is {:?}, not a number", crate::error::clip(field, 40))
         })?;
-        out.push(pixel(x).ok_or_else(|| format!("image {image} value {j} is {x}; {RANGE}"))?);
-        n += 1;
+        out.push(pixel(x).ok_or_else(|| format!("line {n} value {j} is {x}; {RANGE}"))?);
+        values += 1;
     }
-    if n != features {
-        return Err(format!("image {image} has {n} values; expected {features}"));
+    if values != features {
+        return Err(format!("line {n} has {values} values; expected {features}"));
     }
     Ok(())
 }
@@ -388,8 +378,10 @@ fn from_npy(body: &[u8], shape: Shape) -> Result<Batch, String> {
     Ok(Batch { pixels, count })
 }
 
+/// The data must be exactly what the shape says: a byte more or less means the header does not
+/// describe the array (a wrong dtype or shape), and a guess would answer the wrong images.
 fn check_len(have: usize, values: usize, width: usize) -> Result<(), String> {
-    if have < values * width {
+    if have != values * width {
         return Err(format!(
             "the .npy data holds {have} bytes; its shape needs {}",
             values * width
@@ -464,11 +456,52 @@ mod tests {
         assert_eq!(Output::from_accept(Some("text/html, text/csv;q=0.9")), Some(Output::Csv));
         assert_eq!(Output::from_accept(Some("*/*")), Some(Output::Json));
         assert_eq!(Output::from_accept(Some("image/png")), None);
+        // Weights, as RFC 9110 says: q=0 refuses a type, the heaviest wins, then the first.
+        assert_eq!(Output::from_accept(Some("application/json;q=0")), None);
+        assert_eq!(
+            Output::from_accept(Some("text/csv;q=0.5, application/json;q=0.9")),
+            Some(Output::Json)
+        );
+        assert_eq!(Output::from_accept(Some("text/csv;q=0.5, */*;q=0.1")), Some(Output::Csv));
+        assert_eq!(Output::from_accept(Some("*/*, application/json;q=0")), Some(Output::JsonLines));
+        assert_eq!(
+            Output::from_accept(Some("application/jsonlines, application/json")),
+            Some(Output::JsonLines)
+        );
+        assert_eq!(
+            Output::from_accept(Some("text/csv; Q=1.0, application/json;q=1")),
+            Some(Output::Csv)
+        );
+        assert_eq!(Output::from_accept(Some("text/csv;q=x")), None);
+    }
+
+    #[test]
+    fn rgb_images_come_flat_as_rows_or_as_pixels_and_npy_with_their_channels() {
+        let rgb = Shape { rows: 1, cols: 2, channels: 3 };
+        let want = Ok(Batch { pixels: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], count: 1 });
+        for body in ["[[1,2,3,4,5,6]]", "[[[1,2,3,4,5,6]]]", "[[[[1,2,3],[4,5,6]]]]"] {
+            assert_eq!(decode(Input::Json, body.as_bytes(), rgb), want, "{body}");
+        }
+        assert_eq!(decode(Input::JsonLines, b"[[[1,2,3],[4,5,6]]]\n", rgb), want);
+        assert_eq!(decode(Input::Csv, b"1,2,3,4,5,6\n", rgb), want);
+        let npy = |shape: &[usize]| crate::data::numpy_test_npy("|u1", shape, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(decode(Input::Npy, &npy(&[1, 1, 2, 3]), rgb), want);
+        assert_eq!(decode(Input::Npy, &npy(&[1, 6]), rgb), want);
+        let e = decode(Input::Json, b"[[[[1,2],[4,5,6]]]]", rgb).unwrap_err();
+        assert_eq!(e, "image 0 row 0 pixel 0 has 2 values; expected 3 (R, G, B)");
+        let e = decode(Input::Npy, &npy(&[2, 3]), rgb).unwrap_err();
+        assert!(e.contains("expected (N, 1, 2, 3) or (N, 6)"), "{e}");
+        // A grey model takes no pixel lists.
+        let e = decode(Input::Json, b"[[[[1],[2]]]]", SHAPE).unwrap_err();
+        assert!(e.contains("is not a number"), "{e}");
     }
 
     #[test]
     fn json_bodies_read_alike_by_the_fast_and_the_general_parser() {
-        let general = |body: &str| from_json(body.as_bytes(), 4, (2, 2));
+        let general = |body: &str| {
+            json::body(body.as_bytes(), json::Shape::Image { rows: 2, cols: 2, channels: 1 })
+                .map(|(pixels, count)| Batch { pixels, count })
+        };
         for body in
             ["[[0,1,2,255],[4,5,6,7]]", " [ [ 0 , 1,2,\n255 ] ,\t[4,5,6,7] ]\r\n", "[[9,9,9,9]]"]
         {
@@ -511,7 +544,7 @@ mod tests {
         };
         let general = |line: &str| {
             let mut out = Vec::new();
-            csv_line(line, 0, 3, &mut out).map(|()| out)
+            csv_line(line, 1, 3, &mut out).map(|()| out)
         };
         for line in ["0,128,255", "7,07,007", "1,2,3"] {
             assert_eq!(fast(line), Some(general(line).unwrap()), "{line}");
@@ -525,12 +558,12 @@ mod tests {
         assert_eq!(general("1, 2,3.5"), Ok(vec![1.0, 2.0, 3.5]));
         assert_eq!(
             general("256,0,0"),
-            Err("image 0 value 0 is 256; pixel values are 0 to 255".into())
+            Err("line 1 value 0 is 256; pixel values are 0 to 255".into())
         );
-        assert_eq!(general("1,2"), Err("image 0 has 2 values; expected 3".into()));
+        assert_eq!(general("1,2"), Err("line 1 has 2 values; expected 3".into()));
         // A plain line of the wrong length gets the general parser's count.
         let e = from_csv(b"1,2,3,4\n", 3).unwrap_err();
-        assert_eq!(e, "image 0 has 4 values; expected 3");
+        assert_eq!(e, "line 1 has 4 values; expected 3");
     }
 
     #[test]
@@ -541,7 +574,7 @@ mod tests {
             assert_eq!(decode(Input::Json, body.as_bytes(), SHAPE), Ok(want.clone()), "{body}");
         }
         assert_eq!(
-            decode(Input::JsonLines, b"[0,1,2,255]\n\n[[4,5],[6,7]]\n", SHAPE),
+            decode(Input::JsonLines, b"[0,1,2,255]\r\n[[4,5],[6,7]]\n", SHAPE),
             Ok(want.clone())
         );
         assert_eq!(decode(Input::Csv, b"0,1,2,255\n4,5,6,7\n", SHAPE), Ok(want.clone()));
@@ -575,10 +608,93 @@ mod tests {
         let e = decode(Input::Json, br#"[[0,1,2,3],[0,1,2]]"#, SHAPE).unwrap_err();
         assert_eq!(e, "image 1 has 3 values; expected 4");
         let e = decode(Input::Csv, b"0,1,2,3\n0,1,2,300\n", SHAPE).unwrap_err();
-        assert_eq!(e, "image 1 value 3 is 300; pixel values are 0 to 255");
+        assert_eq!(e, "line 2 value 3 is 300; pixel values are 0 to 255");
         let e = decode(Input::Json, br#"{"x": 1}"#, SHAPE).unwrap_err();
         assert!(e.contains("\"instances\""), "{e}");
         assert_eq!(decode(Input::Csv, b"\n", SHAPE).unwrap_err(), "the body holds no image");
+        let e = decode(Input::Json, br#"[[0,1,2,3],[[0,1],[2,3],[4,5]]]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 1 has 3 rows; expected 2 of 2 values");
+        let e = decode(Input::Json, br#"[[[0,1],[2,3,4]]]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 row 1 has 3 values; expected 2");
+        let e = decode(Input::Json, br#"[[[0,1],5]]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 row 1 is not a list");
+        let e = decode(Input::Json, br#"[[0,1,"2",3]]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 value 2 is not a number");
+        let e = decode(Input::Json, br#"[[0,1,[2],3]]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 value 2 is not a number");
+        let e = decode(Input::Json, br#"[7]"#, SHAPE).unwrap_err();
+        assert_eq!(e, "image 0 is not a list of pixel values");
+        let e = decode(Input::Json, br#"{"instances": 3}"#, SHAPE).unwrap_err();
+        assert!(e.contains("needs \"instances\": a list of images"), "{e}");
+        let e = decode(Input::Json, br#"[[0,1,2,3]"#, SHAPE).unwrap_err();
+        assert!(e.starts_with("the body is not JSON: EOF"), "{e}");
+        let e = decode(Input::JsonLines, b"[0,1,2,3]\n[0,1,2]\n", SHAPE).unwrap_err();
+        assert_eq!(e, "line 2 has 3 values; expected 4");
+        let e = decode(Input::JsonLines, b"[0,1,2,3]\n[0,1,2,3] x\n", SHAPE).unwrap_err();
+        assert!(e.starts_with("line 2: not JSON: trailing characters"), "{e}");
+    }
+
+    /// Every line of a line format gets one answer line: a blank line cannot be dropped, so it
+    /// is refused, named by its line as an editor counts; so is every error after it.
+    #[test]
+    fn blank_lines_are_refused_and_errors_name_their_line() {
+        for input in [Input::Csv, Input::JsonLines] {
+            let body: &[u8] = if input == Input::Csv {
+                b"0,1,2,3\n\n4,5,6,7\n"
+            } else {
+                b"[0,1,2,3]\n  \n[4,5,6,7]\n"
+            };
+            let e = decode(input, body, SHAPE).unwrap_err();
+            assert!(e.starts_with("line 2 is blank; send one image"), "{input:?}: {e}");
+            let body: &[u8] = if input == Input::Csv {
+                b"0,1,2,3\r\n4,5,6,7\r\n0,1,2,300\r\n"
+            } else {
+                b"[0,1,2,3]\r\n[4,5,6,7]\r\n[0,1,2,300]\r\n"
+            };
+            let e = decode(input, body, SHAPE).unwrap_err();
+            assert_eq!(e, "line 3 value 3 is 300; pixel values are 0 to 255", "{input:?}");
+            // One final line end is not a line.
+            let two = &body[..body.len() - if input == Input::Csv { 11 } else { 13 }];
+            assert_eq!(decode(input, two, SHAPE).map(|b| b.count), Ok(2), "{input:?}");
+        }
+    }
+
+    /// The cases the hosting contract leaves open, decided: a byte order mark is skipped,
+    /// "instances" twice is refused, other keys are ignored, bytes after .npy data are refused.
+    #[test]
+    fn the_ambiguous_bodies_are_decided() {
+        let want = Ok(Batch { pixels: vec![0.0, 1.0, 2.0, 3.0], count: 1 });
+        assert_eq!(decode(Input::Json, b"\xef\xbb\xbf[[0,1,2,3]]", SHAPE), want);
+        assert_eq!(decode(Input::Json, b"\xef\xbb\xbf[[0,1,2,3.0]]", SHAPE), want);
+        assert_eq!(decode(Input::Csv, b"\xef\xbb\xbf0,1,2,3\n", SHAPE), want);
+        assert_eq!(decode(Input::JsonLines, b"\xef\xbb\xbf[0,1,2,3]\n", SHAPE), want);
+        assert_eq!(decode(Input::Json, br#"{"x": [1], "instances": [[0,1,2,3]]}"#, SHAPE), want);
+        let e = decode(Input::Json, br#"{"instances": [[0,1,2,3]], "instances": []}"#, SHAPE);
+        assert!(e.unwrap_err().contains("\"instances\" twice"));
+        let mut npy = crate::data::numpy_test_npy("|u1", &[1, 4], &[0, 1, 2, 3]);
+        assert_eq!(decode(Input::Npy, &npy, SHAPE), want);
+        npy.push(0);
+        let e = decode(Input::Npy, &npy, SHAPE).unwrap_err();
+        assert_eq!(e, "the .npy data holds 5 bytes; its shape needs 4");
+    }
+
+    /// Images scaled to 0-1 are refused with how to send them; whole numbers in 0-1 (a black
+    /// image) and 0-255 floats are read as sent.
+    #[test]
+    fn pixels_scaled_to_0_1_are_refused() {
+        for (input, body) in [
+            (Input::Json, &b"[[0,0.5,1,0.25]]"[..]),
+            (Input::Csv, b"0,0.5,1,0.25\n"),
+            (Input::JsonLines, b"[0,0.5,1,0.25]\n"),
+        ] {
+            let e = decode(input, body, SHAPE).unwrap_err();
+            assert!(e.contains("multiply by 255"), "{input:?}: {e}");
+        }
+        let f32s: Vec<u8> = [0.0f32, 0.5, 1.0, 0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let npy = crate::data::numpy_test_npy("<f4", &[1, 4], &f32s);
+        assert!(decode(Input::Npy, &npy, SHAPE).unwrap_err().contains("multiply by 255"));
+        assert_eq!(decode(Input::Json, b"[[0,1,1,0]]", SHAPE).map(|b| b.count), Ok(1));
+        assert_eq!(decode(Input::Json, b"[[0,127.5,255,0.25]]", SHAPE).map(|b| b.count), Ok(1));
         assert!(decode(Input::Picture, b"GIF89a", SHAPE)
             .unwrap_err()
             .contains("not a PNG or JPEG"));

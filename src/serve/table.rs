@@ -2,45 +2,19 @@
 //! in the built-in algorithms' inference formats. Values are taken as sent; the model's own
 //! standardization is applied by the forward pass.
 
-use serde_json::Value;
-
-use super::payload::{Batch, Input};
+use super::json::{self, Shape};
+use super::payload::{Batch, Input, BOM};
 use crate::data::{parse_npy_header, table};
 
 /// Decodes a body of `input` format into rows of `width` features.
 pub fn decode(input: Input, body: &[u8], width: usize) -> Result<Batch, String> {
+    let shape = Shape::Table { width };
+    let text = body.strip_prefix(BOM).unwrap_or(body);
     let values = match input {
         Input::Csv => table::rows_from_csv(body, width)?,
-        Input::Json => {
-            let v: Value =
-                serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-            let rows = match v {
-                Value::Object(mut o) => match o.remove("instances") {
-                    Some(Value::Array(a)) => a,
-                    _ => {
-                        return Err("a JSON object body needs \"instances\": a list of rows".into())
-                    }
-                },
-                Value::Array(a) => a,
-                _ => {
-                    return Err(
-                        "the JSON body must be a list of rows or {\"instances\": [...]}".into()
-                    )
-                }
-            };
-            json_rows(rows.iter().enumerate().map(|(i, r)| (format!("instance {i}"), r)), width)?
-        }
-        Input::JsonLines => {
-            let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8 text")?;
-            let text = text.strip_suffix('\n').unwrap_or(text);
-            let mut rows = Vec::new();
-            for (i, line) in text.split('\n').enumerate() {
-                let v: Value = serde_json::from_str(line)
-                    .map_err(|e| format!("line {}: not JSON: {e}", i + 1))?;
-                rows.push((format!("line {}", i + 1), v));
-            }
-            json_rows(rows.iter().map(|(w, v)| (w.clone(), v)), width)?
-        }
+        Input::Json => json::body(text, shape)?.0,
+        Input::JsonLines if text.iter().all(u8::is_ascii_whitespace) => Vec::new(),
+        Input::JsonLines => json::lines(text, shape)?.0,
         Input::Npy => npy_rows(body, width)?,
         Input::Picture => {
             return Err(format!(
@@ -54,39 +28,6 @@ pub fn decode(input: Input, body: &[u8], width: usize) -> Result<Batch, String> 
         return Err("the body holds no row".into());
     }
     Ok(Batch { pixels: values, count })
-}
-
-/// Rows as lists of numbers, or as `{"features": [...]}` objects.
-fn json_rows<'a>(
-    rows: impl Iterator<Item = (String, &'a Value)>,
-    width: usize,
-) -> Result<Vec<f32>, String> {
-    let mut out = Vec::new();
-    for (what, row) in rows {
-        let items = match row {
-            Value::Array(a) => a,
-            Value::Object(o) => match o.get("features") {
-                Some(Value::Array(a)) => a,
-                _ => {
-                    return Err(format!(
-                        "{what} is an object without \"features\": a list of numbers"
-                    ))
-                }
-            },
-            _ => return Err(format!("{what} is not a list of numbers")),
-        };
-        if items.len() != width {
-            return Err(format!(
-                "{what} has {} values; the model takes {width} features (no label)",
-                items.len()
-            ));
-        }
-        for (j, v) in items.iter().enumerate() {
-            let x = v.as_f64().map(|x| x as f32).filter(|x| x.is_finite());
-            out.push(x.ok_or_else(|| format!("{what} value {j} is {v}, not a finite number"))?);
-        }
-    }
-    Ok(out)
 }
 
 /// A `.npy` array of numbers shaped (N, width) or (width,).

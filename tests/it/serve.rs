@@ -39,10 +39,15 @@ pub struct Server {
 impl Server {
     /// Starts the server on a free port without waiting for it.
     pub fn spawn(model: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--model"]).arg(model);
+        Self::launch(cmd, env)
+    }
+
+    /// Starts `cmd`, which runs `train serve` (or execs it), on a free port.
+    fn launch(mut cmd: Command, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--model"])
-            .arg(model)
+        let mut child = cmd
             .env("SAGEMAKER_BIND_TO_PORT", port.to_string())
             .env("OMP_NUM_THREADS", "1")
             .env("RUST_LOG", "info")
@@ -101,6 +106,36 @@ impl Server {
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap()
+    }
+
+    /// SIGTERM, then the exit status if the server exits within `within`.
+    fn terminate_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The server's resident memory now and at its peak, in bytes.
+    fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
     }
 }
 
@@ -350,7 +385,7 @@ fn bad_requests_get_their_status_and_a_reason() {
     assert_eq!(e["error"], "image 3 has 783 values; expected 784");
     let (status, body) = s.post("text/csv", "", b"1,2,x\n");
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("image 0 value 2 is \\\"x\\\""));
+    assert!(String::from_utf8_lossy(&body).contains("line 1 value 2 is \\\"x\\\""));
     let (status, _) = s.post("image/png", "", b"not a png");
     assert_eq!(status, 400);
     let (status, body) = s.post("text/plain", "", b"x");
@@ -502,4 +537,321 @@ pub fn model_dir_of_trained() -> PathBuf {
 /// `/ping`'s status, or `None` while nothing answers.
 pub fn try_ping(port: u16) -> Option<u16> {
     try_request(port, "GET", "/ping", &[], b"").ok().map(|r| r.0)
+}
+
+/// Everything the server sends on `s` until it closes the connection, and how long that took;
+/// `None` if it was still open after 10 s.
+fn until_closed(mut s: TcpStream) -> Option<(String, Duration)> {
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => Some((String::from_utf8_lossy(&raw).into_owned(), started.elapsed())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Some((String::from_utf8_lossy(&raw).into_owned(), started.elapsed()))
+        }
+        Err(_) => None,
+    }
+}
+
+/// A client that connects and says nothing, stops mid-head, stays idle after an answer or
+/// stops mid-body is closed after SMTRAIN_SERVE_CLIENT_TIMEOUT_SECONDS; the stalled body is
+/// answered 408 first, with a reason.
+#[test]
+fn clients_that_stall_are_closed_after_the_client_timeout() {
+    let model = trained().path("model");
+    let s = Server::start(&model, &[("SMTRAIN_SERVE_CLIENT_TIMEOUT_SECONDS", "1")]);
+    let silent = s.connect();
+    let mut half_head = s.connect();
+    half_head.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut idle = s.connect();
+    idle.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut half_body = s.connect();
+    half_body
+        .write_all(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
+              Content-Length: 100\r\n\r\n0,1,2,3,4",
+        )
+        .unwrap();
+    let within = Duration::from_secs(4);
+    for (what, conn) in [("silent", silent), ("half a head", half_head), ("idle", idle)] {
+        let (text, took) = until_closed(conn).unwrap_or_else(|| panic!("{what}: still open"));
+        assert!(took < within, "{what}: closed after {took:?}");
+        if what == "idle" {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        }
+    }
+    let (text, took) = until_closed(half_body).expect("a stalled body: still open");
+    assert!(took < within, "closed after {took:?}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("the body stopped arriving"), "{text}");
+    assert_eq!(try_ping(s.port), Some(200));
+}
+
+/// SIGTERM while one client holds a half-sent request and another an idle connection: the
+/// server still exits 0, within its 5 s drain deadline (inside docker stop's 10 s).
+#[test]
+fn sigterm_exits_0_within_seconds_whatever_clients_hold() {
+    let model = trained().path("model");
+    let mut s = Server::start(&model, &[("SMTRAIN_SERVE_CLIENT_TIMEOUT_SECONDS", "60")]);
+    let mut half_body = s.connect();
+    half_body
+        .write_all(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
+              Content-Length: 100000\r\n\r\n0,1,2,3,4",
+        )
+        .unwrap();
+    let _idle = s.connect();
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    let status = s.terminate_within(Duration::from_secs(9));
+    let log = s.log();
+    assert_eq!(status.and_then(|st| st.code()), Some(0), "{log}");
+    assert!(sent.elapsed() < Duration::from_secs(8), "{:?}", sent.elapsed());
+    drop(half_body);
+}
+
+/// The server raises its open-file limit to the hard limit, so that a low default soft limit
+/// does not cap the clients it can hold.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let model = trained().path("model");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --model \"$1\"", BIN]).arg(&model);
+    let s = Server::launch(cmd, &[]);
+    s.ping_statuses_until_ready();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.child.id())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(values[0], values[1], "soft and hard limits: {line}");
+    assert_ne!(values[0], "256", "{line}");
+}
+
+/// Connections beyond SMTRAIN_SERVE_CONNECTIONS are answered 503 with a reason at once (not
+/// left to time out), and new clients are served again once the others close.
+#[test]
+fn connections_beyond_the_cap_are_answered_503() {
+    let model = trained().path("model");
+    let s = Server::start(
+        &model,
+        &[("SMTRAIN_SERVE_CONNECTIONS", "4"), ("SMTRAIN_SERVE_CLIENT_TIMEOUT_SECONDS", "60")],
+    );
+    // Let the connections of the start's /ping close first.
+    std::thread::sleep(Duration::from_millis(200));
+    let held: Vec<TcpStream> = (0..4).map(|_| s.connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = request(s.port, "GET", "/ping", &[], b"");
+    assert_eq!(status, 503);
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("SMTRAIN_SERVE_CONNECTIONS"), "{e}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while try_ping(s.port) != Some(200) {
+        assert!(Instant::now() < deadline, "no 200 after the held connections closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Many clients sending large bodies at once: those beyond SMTRAIN_SERVE_MEMORY_MB are
+/// answered 503 from their headers, so the server's memory does not grow with their number,
+/// and those let in are answered.
+#[test]
+fn bodies_in_flight_are_bounded_by_the_memory_budget() {
+    let model = trained().path("model");
+    let s = Server::start(&model, &[("SMTRAIN_SERVE_MEMORY_MB", "200")]);
+    let imgs = images(Path::new(FASHION_TEST));
+    let body = Arc::new(csv_body(&imgs[..2000]));
+    assert!((4 << 20..6 << 20).contains(&body.len()), "{}", body.len());
+    let (rss_before, _) = s.memory();
+    let clients = 24;
+    let sent = Arc::new(std::sync::Barrier::new(clients + 1));
+    let port = s.port;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (body, sent) = (body.clone(), sent.clone());
+            std::thread::spawn(move || -> (u16, String) {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let head = format!(
+                    "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                c.write_all(head.as_bytes()).unwrap();
+                // A request turned away is answered from its headers: no body is sent then.
+                c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut first = [0u8; 1];
+                let answered = matches!(c.peek(&mut first), Ok(1));
+                if !answered {
+                    c.write_all(&body[..body.len() - 1]).unwrap();
+                }
+                sent.wait();
+                sent.wait();
+                if !answered {
+                    c.write_all(&body[body.len() - 1..]).unwrap();
+                }
+                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut raw = Vec::new();
+                c.read_to_end(&mut raw).unwrap();
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                (status, text)
+            })
+        })
+        .collect();
+    sent.wait();
+    // Every client has sent what it will send but the last byte: what the server holds now.
+    std::thread::sleep(Duration::from_millis(300));
+    let (rss_held, _) = s.memory();
+    sent.wait();
+    let answers: Vec<(u16, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let turned_away = answers.iter().filter(|a| a.0 == 503).count();
+    assert!(ok >= 1, "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    assert_eq!(ok + turned_away, clients, "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+    for (status, text) in &answers {
+        if *status == 503 {
+            assert!(text.contains("SMTRAIN_SERVE_MEMORY_MB"), "{text}");
+        }
+    }
+    let grew = rss_held.saturating_sub(rss_before) >> 20;
+    assert!(grew < 40, "{clients} bodies of 4.5 MB held: RSS grew by {grew} MB");
+}
+
+/// A legal JSON body of many tiny images costs a few times its size and fails at the first
+/// image, not after building a tree of values fifty times its size.
+#[test]
+fn a_json_body_costs_a_small_multiple_of_its_size() {
+    let model = trained().path("model");
+    let s = Server::start(&model, &[]);
+    let mut body = String::from("[");
+    while body.len() < 5 << 20 {
+        body.push_str("[0],");
+    }
+    body.push_str("[0]]");
+    let (_, peak_before) = s.memory();
+    let (status, answer) = s.post("application/json", "", body.as_bytes());
+    assert_eq!(status, 400);
+    let e: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(e["error"], "image 0 has 1 values; expected 784");
+    let (_, peak_after) = s.memory();
+    let grew = peak_after.saturating_sub(peak_before) >> 20;
+    assert!(grew < 30, "a 5 MB JSON body raised the peak RSS by {grew} MB");
+}
+
+/// CSV and JSON lines get one answer line per input line: a blank line is a 400 naming it,
+/// and errors name the line as an editor counts.
+#[test]
+fn line_formats_keep_one_answer_per_line() {
+    let model = trained().path("model");
+    let s = Server::start(&model, &[]);
+    let imgs = images(&fixture("test").join("images-idx3-ubyte.gz"));
+    let csv = String::from_utf8(csv_body(&imgs[..2])).unwrap();
+    let lines: String =
+        imgs[..2].iter().map(|i| serde_json::to_string(i).unwrap() + "\n").collect();
+    for (ct, two) in [("text/csv", csv), ("application/jsonlines", lines)] {
+        let (first, second) = two.split_once('\n').unwrap();
+        let blank = format!("{first}\n\n{second}");
+        let (status, body) = s.post(ct, "", blank.as_bytes());
+        assert_eq!(status, 400, "{ct}: {}", String::from_utf8_lossy(&body));
+        let e: Value = serde_json::from_slice(&body).unwrap();
+        assert!(e["error"].as_str().unwrap().starts_with("line 2 is blank"), "{ct}: {e}");
+        let bad = second.replacen('0', "300", 1);
+        let third = format!("{first}\r\n{second}{bad}");
+        let (status, body) = s.post(ct, "", third.as_bytes());
+        assert_eq!(status, 400, "{ct}");
+        let e: Value = serde_json::from_slice(&body).unwrap();
+        assert!(e["error"].as_str().unwrap().starts_with("line 3 value "), "{ct}: {e}");
+        let (status, body) = s.post(ct, "application/jsonlines", two.as_bytes());
+        assert_eq!(status, 200, "{ct}");
+        assert_eq!(String::from_utf8(body).unwrap().lines().count(), 2, "{ct}");
+    }
+}
+
+/// A body that breaks off is a 400 saying so, not a 413; Accept's weights decide the format;
+/// a Content-Length over the limit is refused from the headers, before `100 Continue`; heads
+/// the HTTP layer cannot parse get a JSON reason.
+#[test]
+fn protocol_edge_cases_get_their_status_and_a_reason() {
+    let model = trained().path("model");
+    let s = Server::start(&model, &[]);
+    let head = "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n";
+    let mut bad_chunk = s.connect();
+    bad_chunk
+        .write_all(
+            format!("{head}Transfer-Encoding: chunked\r\n\r\nZZ\r\n0,1\r\n0\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let mut short = s.connect();
+    short.write_all(format!("{head}Content-Length: 100\r\n\r\n0,1,2").as_bytes()).unwrap();
+    short.shutdown(std::net::Shutdown::Write).unwrap();
+    for (what, conn) in [("a bad chunk size", bad_chunk), ("a short body", short)] {
+        let (text, _) = until_closed(conn).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert!(text.starts_with("HTTP/1.1 400"), "{what}: {text}");
+        assert!(text.contains("the body could not be read"), "{what}: {text}");
+    }
+    let imgs = images(&fixture("test").join("images-idx3-ubyte.gz"));
+    let one = csv_body(&imgs[..1]);
+    let (status, _) = s.post("text/csv", "application/json;q=0", &one);
+    assert_eq!(status, 406);
+    let (status, body) = s.post("text/csv", "text/csv;q=0.5, application/json;q=0.9", &one);
+    assert_eq!(status, 200);
+    assert!(body.starts_with(b"{\"predictions\""), "{}", String::from_utf8_lossy(&body));
+    let mut expect = s.connect();
+    expect
+        .write_all(
+            format!("{head}Content-Length: 104857600\r\nExpect: 100-continue\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let mut first = [0u8; 12];
+    expect.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&first));
+    // The HTTP layer's own answers to a head it cannot parse carry a JSON reason too. The
+    // long head is exactly the 64 KB the server reads, so it closes with nothing unread.
+    let start = "GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: ";
+    let long = format!("{start}{}", "a".repeat((64 << 10) - start.len()));
+    for (what, head, want) in [
+        ("a header without a colon", "GET /ping HTTP/1.1\r\nno colon\r\n\r\n".to_string(), 400),
+        ("a 64 KB head", long, 431),
+    ] {
+        let mut c = s.connect();
+        c.write_all(head.as_bytes()).unwrap();
+        let (text, _) = until_closed(c).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert!(text.starts_with(&format!("HTTP/1.1 {want} ")), "{what}: {text}");
+        assert!(text.to_ascii_lowercase().contains("content-type: application/json"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        let e: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {text}"));
+        assert_eq!(e["status"], want, "{what}");
+    }
+}
+
+fn npy_f32_body(imgs: &[Vec<u8>], scale: f32) -> Vec<u8> {
+    let mut b = npy_body(imgs);
+    let data_at = b.len() - imgs.len() * 784;
+    b.truncate(data_at);
+    let header = String::from_utf8(b[10..].to_vec()).unwrap().replace("'|u1'", "'<f4'");
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for img in imgs {
+        out.extend(img.iter().flat_map(|&p| (f32::from(p) * scale).to_le_bytes()));
+    }
+    out
+}
+
+/// float32 images scaled to 0-1 (NumPy's usual) are refused with how to send them; the same
+/// images as float32 0-255 get predict's answers.
+#[test]
+fn images_scaled_to_0_1_are_refused_and_0_255_floats_answered() {
+    let model = trained().path("model");
+    let file = fixture("test").join("images-idx3-ubyte.gz");
+    let want = predicted(&model, &file);
+    let imgs = images(&file);
+    let s = Server::start(&model, &[]);
+    let (status, body) = s.post("application/x-npy", "", &npy_f32_body(&imgs, 1.0 / 255.0));
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{}", &text[..text.len().min(300)]);
+    let e: Value = serde_json::from_slice(&body).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("multiply by 255"), "{e}");
+    let (status, body) = s.post("application/x-npy", "", &npy_f32_body(&imgs, 1.0));
+    assert_eq!(status, 200);
+    assert_same(&served(&body), &want, "float32 0-255");
 }
