@@ -7,11 +7,12 @@
 # WARM_START_PARENT, POLL_SECONDS, HYPERPARAMETERS (submit: a JSON file of hyperparameters, e.g.
 # infra/recipe-hyperparameters.json), and BUCKET, ROLE_ARN, REPOSITORY_URI (default: the stack's
 # outputs); for hosting ENDPOINT_NAME, ENDPOINT_INSTANCE_TYPE, INVOKE_INDEX, INVOKE_FORMAT,
-# TRANSFORM_JOB_NAME, TRANSFORM_INSTANCE_TYPE, TRANSFORM_IMAGES. AWS and DOCKER name the commands
-# used. See the top of infra/sagemaker.sh.
+# TRANSFORM_JOB_NAME, TRANSFORM_INSTANCE_TYPE, TRANSFORM_IMAGES; for the console and the registry
+# ALGORITHM, MODEL_PACKAGE_GROUP, PACKAGE (deploy) and VERSION (approve). AWS and DOCKER name the
+# commands used. See the top of infra/sagemaker.sh.
 
 .PHONY: stack push upload-data submit tune infra-requests test-infra infra-venv
-.PHONY: deploy invoke transform undeploy
+.PHONY: deploy invoke transform undeploy algorithm register approve
 
 INFRA_SH = PYTHON="$(PYTHON)" infra/sagemaker.sh
 
@@ -41,8 +42,8 @@ push:
 upload-data:
 	$(INFRA_SH) upload-data
 
-# Print the requests submit, tune, deploy and transform would send (resolving the stack's
-# outputs; the hosting ones for training job JOB_NAME).
+# Print the requests submit, tune, deploy, transform and algorithm would send (resolving the
+# stack's outputs; the hosting ones for training job JOB_NAME).
 infra-requests:
 	@$(INFRA_SH) training-request
 	@$(INFRA_SH) tuning-request
@@ -50,6 +51,7 @@ infra-requests:
 	@$(INFRA_SH) endpoint-config-request
 	@$(INFRA_SH) endpoint-request
 	@$(INFRA_SH) transform-request
+	@$(INFRA_SH) algorithm-request
 
 submit:
 	$(INFRA_SH) submit
@@ -71,12 +73,26 @@ transform:
 undeploy:
 	$(INFRA_SH) undeploy
 
+# The console and CI (infra/README.md): the image as a SageMaker Algorithm (ALGORITHM, default
+# smtrain-<image tag>), and trained models in the Model Registry: register JOB_NAME's model as a
+# version pending approval, approve VERSION; deploy PACKAGE=VERSION serves an approved one.
+algorithm:
+	$(INFRA_SH) algorithm
+
+register:
+	$(INFRA_SH) register
+
+approve:
+	$(INFRA_SH) approve
+
 # Offline: no AWS account, no network. cfn-lint with its informational rules; the workflow
 # against GitHub's schema (and the rule that every job has a timeout); shellcheck; then
 # infra/tests: the requests against botocore's SageMaker model, the metric regexes against the
 # real trainer's output, the IAM policies, and the make targets against a local stub of the AWS
-# APIs. (tests/it/infra.rs, run by test-rust, checks the templates' hyperparameters.)
-test-infra: $(INFRA_STAMP) build
+# APIs, and the registry targets against moto's server too (tests/s3-server.mk installs it).
+# (tests/it/infra.rs, run by test-rust, checks the templates' hyperparameters and generates the
+# Algorithm's.)
+test-infra: $(INFRA_STAMP) $(MOTO_STAMP) build
 	"$(INFRA_VENV)/bin/cfn-lint" --include-checks I -- infra/cloudformation.yaml
 	"$(INFRA_VENV)/bin/check-jsonschema" --builtin-schema vendor.github-workflows \
 	  infra/github-actions/sagemaker.yml

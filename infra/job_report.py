@@ -5,12 +5,14 @@
     aws sagemaker describe-hyper-parameter-tuning-job ... --output json | job_report.py tuning
     aws sagemaker describe-transform-job ... --output json | job_report.py transform
     aws sagemaker describe-endpoint ... --output json | job_report.py endpoint
+    aws sagemaker describe-algorithm ... --output json | job_report.py algorithm
 
 Training: status, FailureReason, final metrics, model location, billable time.
 Tuning: status, FailureReason, job counts, the best job with its objective value and tuned
 hyperparameters. A tuning job that "completed" without one successful training job fails too.
 Transform: status, FailureReason, where the answers are, how long it ran. Endpoint: status,
-FailureReason, each variant's instances; 0 only when InService.
+FailureReason, each variant's instances; 0 only when InService. Algorithm: status, its image,
+each failed validation or image scan with its reason; 0 only when Completed.
 Under GitHub Actions the failure reason also becomes an error annotation and the report goes to
 the step summary. Python standard library only.
 """
@@ -94,7 +96,21 @@ def endpoint(job):
     return status == "InService", failure, lines
 
 
-KINDS = {"training": training, "tuning": tuning, "transform": transform, "endpoint": endpoint}
+def algorithm(spec):
+    status = spec.get("AlgorithmStatus")
+    image = (spec.get("TrainingSpecification") or {}).get("TrainingImage")
+    lines = [f"algorithm {spec.get('AlgorithmName')}: {status} (image {image})"]
+    details = spec.get("AlgorithmStatusDetails") or {}
+    reasons = [f"{what} {d.get('Name')}: {d.get('Status')}: {d.get('FailureReason')}"
+               for what, key in (("validation", "ValidationStatuses"),
+                                 ("image scan", "ImageScanStatuses"))
+               for d in details.get(key) or [] if d.get("Status") == "Failed"]
+    lines += reasons
+    return status == "Completed", "; ".join(reasons) or None, lines
+
+
+KINDS = {"training": training, "tuning": tuning, "transform": transform, "endpoint": endpoint,
+         "algorithm": algorithm}
 
 
 def main(argv):
@@ -108,7 +124,7 @@ def main(argv):
         if not ok:
             reason = (failure or "the job did not complete").replace("%", "%25")
             reason = reason.replace("\r", "%0D").replace("\n", "%0A")
-            what = "endpoint" if argv[1] == "endpoint" else f"{argv[1]} job"
+            what = argv[1] if argv[1] in ("endpoint", "algorithm") else f"{argv[1]} job"
             print(f"::error title=SageMaker {what} failed::{reason}")
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:

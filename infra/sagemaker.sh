@@ -21,6 +21,17 @@
 #   sagemaker.sh undeploy         delete endpoint $ENDPOINT_NAME, then its endpoint config and
 #                                 model (or those named $JOB_NAME, when given); what is already
 #                                 gone is skipped
+#   sagemaker.sh algorithm-request, algorithm
+#                                 print, or create and wait for, the Algorithm $ALGORITHM
+#                                 (default smtrain-<image tag>) of the image; an existing one is
+#                                 kept. submit and tune with $ALGORITHM train through it
+#   sagemaker.sh register         register training job $JOB_NAME's model in the Model Registry:
+#                                 group $MODEL_PACKAGE_GROUP (created once), its
+#                                 model_quality.json uploaded, a version PendingManualApproval
+#   sagemaker.sh approve          approve model package $VERSION (a version number of the group,
+#                                 or an ARN)
+#   deploy with $PACKAGE          deploys an approved model package version (number or ARN)
+#                                 instead of a training job's model
 #
 # push tags each variant twice: <variant> (moving) and <variant>-$VERSION (default: the short
 # commit, "-dirty" when the tree has changes), which a job can name in IMAGE_TAG to pin a build.
@@ -36,6 +47,7 @@ PYTHON=${PYTHON:-python3}
 STACK=${STACK:-smtrain}
 IMAGE=${IMAGE:-smtrain}
 VARIANTS=${VARIANTS:-cpu cuda}
+IMAGE_TAG_GIVEN=${IMAGE_TAG:+yes}
 IMAGE_TAG=${IMAGE_TAG:-cpu}
 JOB_PREFIX=${JOB_PREFIX:-smtrain}
 POLL_SECONDS=${POLL_SECONDS:-60}
@@ -56,6 +68,13 @@ MODEL_NAME=$JOB_NAME
 INVOKE_INDEX=${INVOKE_INDEX:-0}
 INVOKE_FORMAT=${INVOKE_FORMAT:-csv}
 TRANSFORM_IMAGES=${TRANSFORM_IMAGES:-10000}
+# The Algorithm submit and tune train through, instead of the image (empty: the image), and
+# the one algorithm creates (default: named after its image tag).
+ALGORITHM=${ALGORITHM:-}
+# The Model Registry: register adds versions to this group; deploy with PACKAGE (a version
+# number or ARN) serves an approved one.
+MODEL_PACKAGE_GROUP=${MODEL_PACKAGE_GROUP:-$JOB_PREFIX}
+PACKAGE=${PACKAGE:-}
 # Where each sent request is kept, for the record.
 REQUEST_DIR=${REQUEST_DIR:-.run/infra}
 # submit: a JSON file of hyperparameters (an object of strings) to send instead of the
@@ -130,7 +149,45 @@ training_request() {
   resolve BUCKET ROLE_ARN IMAGE_URI
   "$PYTHON" "$INFRA/render.py" "$INFRA/training-job.json" \
     "JOB_NAME=$JOB_NAME" "ROLE_ARN=$ROLE_ARN" "IMAGE_URI=$IMAGE_URI" "BUCKET=$BUCKET" \
-    "INSTANCE_TYPE=$(instance_type)" | with_hyperparameters
+    "INSTANCE_TYPE=$(instance_type)" | with_hyperparameters | with_algorithm
+}
+
+# The request on stdin, training through $ALGORITHM instead of the image when it is set: the
+# job definition names the algorithm, whose metric definitions then apply.
+with_algorithm() {
+  [[ -n $ALGORITHM ]] || { cat; return; }
+  "$PYTHON" -c '
+import json, sys
+request = json.load(sys.stdin)
+spec = request.get("TrainingJobDefinition", request)["AlgorithmSpecification"]
+del spec["TrainingImage"], spec["MetricDefinitions"]
+spec["AlgorithmName"] = sys.argv[1]
+json.dump(request, sys.stdout, indent=2)
+print()' "$ALGORITHM"
+}
+
+# The image an algorithm is made of: IMAGE_TAG when given, else this commit's cuda build, which
+# also runs on CPU instances (it falls back when there is no GPU).
+algorithm_image_tag() {
+  if [[ -n $IMAGE_TAG_GIVEN ]]; then
+    printf '%s' "$IMAGE_TAG"
+  else
+    printf 'cuda-%s' "${VERSION:-$(version)}"
+  fi
+}
+
+algorithm_name() {
+  local name
+  name=${ALGORITHM:-$JOB_PREFIX-$(algorithm_image_tag)}
+  [[ $name =~ ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ ]] ||
+    die "algorithm name $name: at most 63 letters, digits and hyphens (set ALGORITHM=...)"
+  printf '%s' "$name"
+}
+
+algorithm_request() {
+  resolve REPOSITORY_URI
+  "$PYTHON" "$INFRA/render.py" "$INFRA/algorithm.json" \
+    "ALGORITHM=$(algorithm_name)" "IMAGE_URI=$REPOSITORY_URI:$(algorithm_image_tag)"
 }
 
 # The request on stdin, with $HYPERPARAMETERS' object in place of its HyperParameters.
@@ -154,14 +211,47 @@ tuning_request() {
   "$PYTHON" "$INFRA/render.py" "$INFRA/tuning-job.json" \
     "TUNING_JOB_NAME=$TUNING_JOB_NAME" "ROLE_ARN=$ROLE_ARN" "IMAGE_URI=$IMAGE_URI" \
     "BUCKET=$BUCKET" "INSTANCE_TYPE=$(instance_type)" "MAX_JOBS=$MAX_JOBS" \
-    "MAX_PARALLEL_JOBS=$MAX_PARALLEL_JOBS" "WARM_START_PARENT=$WARM_START_PARENT"
+    "MAX_PARALLEL_JOBS=$MAX_PARALLEL_JOBS" "WARM_START_PARENT=$WARM_START_PARENT" |
+    with_algorithm
 }
 
 model_request() {
+  if [[ -n $PACKAGE ]]; then
+    resolve ROLE_ARN
+    "$PYTHON" "$INFRA/render.py" "$INFRA/model-from-package.json" \
+      "MODEL_NAME=$MODEL_NAME" "ROLE_ARN=$ROLE_ARN" "PACKAGE_ARN=$PACKAGE_ARN"
+    return
+  fi
   resolve BUCKET ROLE_ARN IMAGE_URI
   "$PYTHON" "$INFRA/render.py" "$INFRA/model.json" \
     "MODEL_NAME=$MODEL_NAME" "ROLE_ARN=$ROLE_ARN" "IMAGE_URI=$IMAGE_URI" "BUCKET=$BUCKET" \
     "JOB_NAME=$JOB_NAME"
+}
+
+# CreateModelPackage for training job $JOB_NAME, its model in image $1, its model quality file
+# with SHA-256 $2.
+model_package_request() {
+  resolve BUCKET
+  "$PYTHON" "$INFRA/render.py" "$INFRA/model-package.json" \
+    "MODEL_PACKAGE_GROUP=$MODEL_PACKAGE_GROUP" "JOB_NAME=$JOB_NAME" "BUCKET=$BUCKET" \
+    "IMAGE_URI=$1" "QUALITY_SHA256=$2"
+}
+
+# The ARN of model package $1 (a version number of $MODEL_PACKAGE_GROUP, or an ARN) in
+# PACKAGE_ARN. A version's ARN is its group's, with model-package/ for model-package-group/ and
+# the number appended.
+package_arn() {
+  local group
+  case $1 in
+    arn:*:model-package/*) PACKAGE_ARN=$1 ;;
+    *[!0-9]* | "") die "model package \"$1\": expected a version number of group" \
+      "$MODEL_PACKAGE_GROUP or a model package ARN" ;;
+    *)
+      group=$($AWS sagemaker describe-model-package-group --model-package-group-name \
+        "$MODEL_PACKAGE_GROUP" --query ModelPackageGroupArn --output text) ||
+        die "cannot describe model package group $MODEL_PACKAGE_GROUP"
+      PACKAGE_ARN=${group/:model-package-group\//:model-package\/}/$1 ;;
+  esac
 }
 
 endpoint_config_request() {
@@ -181,18 +271,69 @@ transform_request() {
     "TRANSFORM_INSTANCE_TYPE=$(transform_instance_type)"
 }
 
+# Deploying model package $PACKAGE: its ARN in PACKAGE_ARN, and the model (and endpoint
+# config) named after its group and version, e.g. smtrain-v3.
+use_package() {
+  [[ -n $PACKAGE ]] || return 0
+  package_arn "$PACKAGE"
+  local group_version=${PACKAGE_ARN##*:model-package/}
+  MODEL_NAME=${group_version%/*}-v${group_version##*/}
+}
+
+# Only an approved version may serve: the registry's approval is the gate to production.
+check_approved() {
+  local status
+  status=$($AWS sagemaker describe-model-package --model-package-name "$PACKAGE_ARN" \
+    --query ModelApprovalStatus --output text) || die "cannot describe model package $PACKAGE_ARN"
+  [[ $status == Approved ]] ||
+    die "model package $PACKAGE_ARN is $status, not Approved (make approve VERSION=${PACKAGE_ARN##*/})"
+}
+
+# The image training job $JOB_NAME ran: its own, or that of the algorithm it trained through.
+job_image() {
+  local image algorithm
+  read -r image algorithm < <($AWS sagemaker describe-training-job --training-job-name "$JOB_NAME" \
+    --query "AlgorithmSpecification.[TrainingImage, AlgorithmName]" --output text) ||
+    die "cannot describe training job $JOB_NAME"
+  if [[ $image == None || -z $image ]]; then
+    image=$($AWS sagemaker describe-algorithm --algorithm-name "$algorithm" \
+      --query TrainingSpecification.TrainingImage --output text) ||
+      die "cannot describe algorithm $algorithm of training job $JOB_NAME"
+  fi
+  JOB_IMAGE=$image
+}
+
+# output/data's model_quality.json, from training job $JOB_NAME's output.tar.gz, into file $1.
+fetch_model_quality() {
+  local archive
+  archive=$(mktemp)
+  $AWS s3api get-object --bucket "$BUCKET" --key "output/$JOB_NAME/output/output.tar.gz" \
+    "$archive" --output text >/dev/null ||
+    die "cannot read s3://$BUCKET/output/$JOB_NAME/output/output.tar.gz"
+  "$PYTHON" -c '
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as tar:
+    names = [m for m in tar.getmembers() if m.name.lstrip("./") == "model_quality.json"]
+    if not names:
+        sys.exit("output.tar.gz holds no model_quality.json: the job had no test channel")
+    sys.stdout.buffer.write(tar.extractfile(names[0]).read())' "$archive" >"$1" ||
+    { rm -f "$archive"; die "training job $JOB_NAME: no model quality to register"; }
+  rm -f "$archive"
+}
+
 need_job_name() {
   [[ -n $JOB_NAME_GIVEN ]] ||
     die "$1 needs the training job whose model to use: make $1 JOB_NAME=<training job name>"
 }
 
 # Runs an aws command whose failure may only mean "there is no such thing" (SageMaker's
-# ValidationException "Could not find ..."): 0 done, 1 not found; any other failure exits.
+# ValidationException "Could not find ..." or "... does not exist"): 0 done, 1 not found; any
+# other failure exits.
 aws_unless_missing() {
   local err
   err=$(mktemp)
   if $AWS "$@" 2>"$err"; then rm -f "$err"; return 0; fi
-  if grep -q 'Could not find' "$err"; then rm -f "$err"; return 1; fi
+  if grep -Eq 'Could not find|does not exist' "$err"; then rm -f "$err"; return 1; fi
   cat "$err" >&2
   rm -f "$err"
   die "aws $1 $2 failed"
@@ -276,6 +417,10 @@ await() {
       describe=(sagemaker describe-endpoint --endpoint-name "$name")
       query=(--query "[EndpointStatus]")
       waiting="Creating Updating SystemUpdating RollingBack" ;;
+    algorithm)
+      describe=(sagemaker describe-algorithm --algorithm-name "$name")
+      query=(--query "[AlgorithmStatus]")
+      waiting="Pending InProgress" ;;
   esac
   while :; do
     status=$($AWS "${describe[@]}" "${query[@]}" --output text)
@@ -339,14 +484,81 @@ case $cmd in
     $AWS sagemaker "$create" --cli-input-json "file://$REQUEST_DIR/$name.json" --output text
     await "$kind" "$name"
     ;;
-  model-request) model_request ;;
-  endpoint-config-request) endpoint_config_request ;;
-  endpoint-request) endpoint_request ;;
+  model-request) use_package; model_request ;;
+  endpoint-config-request) use_package; endpoint_config_request ;;
+  endpoint-request) use_package; endpoint_request ;;
+  algorithm-request) name=$(algorithm_name); ALGORITHM=$name algorithm_request ;;
+  algorithm)
+    name=$(algorithm_name)
+    if aws_unless_missing sagemaker describe-algorithm --algorithm-name "$name" \
+        --query AlgorithmStatus --output text >/dev/null; then
+      echo "algorithm $name exists already: keeping it (another image tag makes another one)"
+    else
+      mkdir -p "$REQUEST_DIR"
+      ALGORITHM=$name algorithm_request >"$REQUEST_DIR/$name.algorithm.json"
+      echo "creating algorithm $name (request: $REQUEST_DIR/$name.algorithm.json)"
+      $AWS sagemaker create-algorithm --cli-input-json "file://$REQUEST_DIR/$name.algorithm.json" \
+        --output text
+    fi
+    await algorithm "$name"
+    echo "make submit ALGORITHM=$name (or make tune ALGORITHM=$name) trains through it; the" \
+      "console lists it under Training, Algorithms, My algorithms"
+    ;;
+  register)
+    need_job_name register
+    resolve BUCKET
+    check_model_data
+    job_image
+    mkdir -p "$REQUEST_DIR"
+    quality=$REQUEST_DIR/$JOB_NAME.model_quality.json
+    fetch_model_quality "$quality"
+    digest=$(sha256sum "$quality" | cut -d' ' -f1)
+    request=$REQUEST_DIR/$JOB_NAME.model-package.json
+    model_package_request "$JOB_IMAGE" "$digest" >"$request"
+    upload_file "$quality" "$(request_field "$request" ModelMetrics ModelQuality Statistics S3Uri)"
+    if ! aws_unless_missing sagemaker describe-model-package-group \
+        --model-package-group-name "$MODEL_PACKAGE_GROUP" --output text >/dev/null; then
+      echo "creating model package group $MODEL_PACKAGE_GROUP"
+      $AWS sagemaker create-model-package-group --model-package-group-name "$MODEL_PACKAGE_GROUP" \
+        --model-package-group-description "smtrain models, one version per registered training job" \
+        --output text
+    fi
+    arn=$($AWS sagemaker create-model-package --cli-input-json "file://$request" \
+      --query ModelPackageArn --output text) || die "create-model-package for $JOB_NAME failed"
+    printf '%s\n' "$arn" >"$REQUEST_DIR/$JOB_NAME.model-package-arn"
+    [[ -z ${GITHUB_OUTPUT:-} ]] || echo "model-package-arn=$arn" >>"$GITHUB_OUTPUT"
+    "$PYTHON" -c '
+import json, sys
+m = json.load(open(sys.argv[1]))["multiclass_classification_metrics"]
+names = ("accuracy", "weighted_precision", "weighted_recall", "weighted_f1")
+print("test set: " + ", ".join("%s %.4f" % (k, m[k]["value"]) for k in names))' "$quality"
+    echo "registered $arn (PendingManualApproval)"
+    echo "make approve VERSION=${arn##*/} approves it; then make deploy PACKAGE=${arn##*/}"
+    ;;
+  approve)
+    [[ -n ${VERSION:-} ]] ||
+      die "approve needs the version: make approve VERSION=<version number or model package ARN>"
+    package_arn "$VERSION"
+    $AWS sagemaker update-model-package --model-package-arn "$PACKAGE_ARN" \
+      --model-approval-status Approved \
+      --approval-description "approved by ${GITHUB_ACTOR:-${USER:-$(id -un)}} (make approve)" \
+      --output text >/dev/null
+    check_approved
+    echo "approved $PACKAGE_ARN: make deploy PACKAGE=${PACKAGE_ARN##*/} serves it"
+    ;;
   transform-request) transform_request ;;
   deploy)
-    need_job_name deploy
-    resolve BUCKET ROLE_ARN IMAGE_URI
-    check_model_data
+    if [[ -n $PACKAGE ]]; then
+      use_package
+      resolve ROLE_ARN
+      check_approved
+      what="model package $PACKAGE_ARN"
+    else
+      need_job_name deploy
+      resolve BUCKET ROLE_ARN IMAGE_URI
+      check_model_data
+      what="training job $JOB_NAME's model"
+    fi
     if endpoint_config; then
       die "endpoint $ENDPOINT_NAME exists (config $ENDPOINT_CONFIG): make undeploy first, or" \
         "name another ENDPOINT_NAME"
@@ -355,7 +567,7 @@ case $cmd in
     model_request >"$REQUEST_DIR/$MODEL_NAME.model.json"
     endpoint_config_request >"$REQUEST_DIR/$MODEL_NAME.endpoint-config.json"
     endpoint_request >"$REQUEST_DIR/$ENDPOINT_NAME.endpoint.json"
-    echo "deploying training job $JOB_NAME's model to endpoint $ENDPOINT_NAME" \
+    echo "deploying $what to endpoint $ENDPOINT_NAME" \
       "(requests: $REQUEST_DIR/)"
     create_once model "$MODEL_NAME" "$REQUEST_DIR/$MODEL_NAME.model.json"
     create_once endpoint-config "$MODEL_NAME" "$REQUEST_DIR/$MODEL_NAME.endpoint-config.json"

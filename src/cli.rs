@@ -153,8 +153,10 @@ fn after_help() -> String {
                                       second run in a folder in use is refused (exit 1) and
                                       writes nothing
   output/success                      written when a job succeeds
-  output/data/                        evaluation.json, predictions.png, confusion.png,
-                                      training.png, samples.png (uploaded as output.tar.gz)
+  output/data/                        evaluation.json, model_quality.json (the test set's,
+                                      as Model Monitor writes it), predictions.png,
+                                      confusion.png, training.png, samples.png (uploaded as
+                                      output.tar.gz)
 
 PREDICT: `train predict --help` classifies images with a trained model.
 

@@ -28,11 +28,13 @@
 //! | [`artifacts`] | the model folder, written atomically; loading it back                |
 //! | [`evaluation`]| predictions as `evaluate` makes them; confusion matrix, precision, recall, F1 |
 //! | [`plots`]     | the pictures of `output/data`, drawn with an embedded font            |
+//! | [`quality`]   | `model_quality.json`: Model Monitor's multiclass metrics, with bootstrap spreads |
 //! | [`report`]    | `output/data`: `evaluation.json` and the plots, after training        |
 //! | [`s3`]        | channels from `s3://` prefixes, artifacts back to S3 (runs outside SageMaker) |
 //! | [`job`]       | one job end to end, as named stages: files, clock and logs meet the core |
 //! | [`cli`]       | command line, logging set-up, failure file and exit codes             |
 //! | [`crash`]     | a failure file even after a panic or an abort                         |
+//! | [`algorithm`] | the image as a SageMaker Algorithm: hyperparameter specifications from the key table |
 //! | [`serve`]     | `train serve`: SageMaker's hosting contract over the same forward pass |
 //! | [`predict`]   | `train predict`: a saved model classifies PNG, JPEG or IDX images    |
 //!
@@ -41,6 +43,7 @@
 // Every `unsafe` block says why it is sound, where a reviewer reads it.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod algorithm;
 pub mod artifacts;
 pub mod augment;
 pub mod budget;
@@ -66,6 +69,7 @@ pub mod native;
 pub mod optim;
 pub mod plots;
 pub mod predict;
+pub mod quality;
 pub mod report;
 pub mod s3;
 pub mod serve;

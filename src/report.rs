@@ -1,5 +1,6 @@
 //! `output/data/`, what people look at after a job (SageMaker uploads it as `output.tar.gz`):
-//! `evaluation.json` and the pictures of [`crate::plots`].
+//! `evaluation.json`, the test set's `model_quality.json` ([`crate::quality`]) and the pictures
+//! of [`crate::plots`].
 //!
 //! The evaluation uses the test data, or the validation data when the job has no test channel;
 //! with neither, only `training.png` and `samples.png` are written. The pictures of samples
@@ -27,9 +28,16 @@ pub const PREDICTIONS_PNG: &str = "predictions.png";
 pub const CONFUSION_PNG: &str = "confusion.png";
 pub const TRAINING_PNG: &str = "training.png";
 pub const SAMPLES_PNG: &str = "samples.png";
+pub use crate::quality::MODEL_QUALITY_FILE;
 /// Every file this module may write.
-pub const FILES: [&str; 5] =
-    [EVALUATION_FILE, PREDICTIONS_PNG, CONFUSION_PNG, TRAINING_PNG, SAMPLES_PNG];
+pub const FILES: [&str; 6] = [
+    EVALUATION_FILE,
+    MODEL_QUALITY_FILE,
+    PREDICTIONS_PNG,
+    CONFUSION_PNG,
+    TRAINING_PNG,
+    SAMPLES_PNG,
+];
 
 /// What the report is made from: the finished job's model, data and metrics.
 pub struct Inputs<'a> {
@@ -94,7 +102,7 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
             "no test or validation data: {EVALUATION_FILE}, {PREDICTIONS_PNG} and {CONFUSION_PNG} \
              are not written"
         );
-        remove_stale(dir, &[EVALUATION_FILE, PREDICTIONS_PNG, CONFUSION_PNG]);
+        remove_stale(dir, &[EVALUATION_FILE, MODEL_QUALITY_FILE, PREDICTIONS_PNG, CONFUSION_PNG]);
         return Ok(written);
     };
     let data = DeviceData::new(set, inp.device);
@@ -117,6 +125,14 @@ pub fn write(dir: &Path, inp: &Inputs) -> Result<Vec<PathBuf>> {
     let path = dir.join(EVALUATION_FILE);
     write_json(&path, &eval)?;
     written.push(path);
+    // The Model Registry's "Model quality" is the test set's: validation data chose the model.
+    let path = dir.join(MODEL_QUALITY_FILE);
+    if name == "test" {
+        write_json(&path, &crate::quality::model_quality(&eval))?;
+        written.push(path);
+    } else {
+        remove_stale(dir, &[MODEL_QUALITY_FILE]);
+    }
     if let Some((pixels, shape)) = set.images() {
         inp.unless_stopped(PREDICTIONS_PNG)?;
         written.push(save_png(

@@ -12,6 +12,12 @@ line per input line, from `transform_answer`. Models, endpoint configs and endpo
 as SageMaker keeps them: a name is created once, a missing one is "Could not find", an endpoint
 config in use cannot be deleted, a deleted endpoint answers Deleting once and then is gone.
 `endpoint_statuses` are the DescribeEndpoint answers after CreateEndpoint.
+
+Algorithms and the Model Registry are kept the same way: an algorithm answers
+`algorithm_statuses` in turn (the last one with `algorithm_final`); a model package group is
+created once and "does not exist" before; each CreateModelPackage in a group is its next version
+(ARN .../model-package/GROUP/N), PendingManualApproval or as asked, changed by
+UpdateModelPackage; CreateModel with a ModelPackageName needs an existing, approved version.
 """
 
 import base64
@@ -37,6 +43,10 @@ def exists(kind, name):
                             f'"{ACCOUNT_ARN}:{kind}/{name.lower()}".'}
 
 
+def package_missing(name):
+    return 400, {"__type": "ValidationException", "message": f"ModelPackage {name} does not exist."}
+
+
 def default_transform_answer(lines):
     return ["0," + ",".join(["0.1"] * 10) for _ in lines]
 
@@ -45,7 +55,8 @@ class StubAws:
     def __init__(self, outputs, statuses, final, training_jobs=None,
                  endpoint_statuses=(("InService", None),), endpoint_final=None,
                  invoke_answer=b'{"predictions": [{"class": 9}]}',
-                 transform_answer=default_transform_answer):
+                 transform_answer=default_transform_answer,
+                 algorithm_statuses=("Completed",), algorithm_final=None):
         self.outputs = outputs      # CloudFormation stack outputs, name → value
         self.statuses = list(statuses)  # Describe answers: (status, secondary status)
         self.final = final          # extra members of the last Describe answer
@@ -57,6 +68,11 @@ class StubAws:
         self.models = {}            # name → CreateModel request
         self.endpoint_configs = {}  # name → CreateEndpointConfig request
         self.endpoints = {}         # name → {"request", "polls", "deleting"}
+        self.algorithm_statuses = list(algorithm_statuses)
+        self.algorithm_final = algorithm_final or {}
+        self.algorithms = {}        # name → {"request", "polls"}
+        self.package_groups = {}    # name → CreateModelPackageGroup request
+        self.packages = []          # {"arn", "group", "version", "request", "status"}
         self.objects = {}           # (bucket, key) → bytes
         self.invocations = []       # (path, headers, body) of InvokeEndpoint calls
         self.calls = []             # (operation, parameters)
@@ -101,9 +117,10 @@ class StubAws:
             if problems:
                 self.errors.append((operation, problems))
                 return 400, {"__type": "ValidationException", "message": "; ".join(problems)}
-        hosting = self._hosting(operation, params)
-        if hosting is not None:
-            return hosting
+        for part in (self._hosting, self._registry):
+            answer = part(operation, params)
+            if answer is not None:
+                return answer
         if operation == "DescribeTrainingJob" and params["TrainingJobName"] in self.training_jobs:
             return 200, self.training_jobs[params["TrainingJobName"]]
         created = (self.requests("CreateTrainingJob") or [{}])[-1]
@@ -139,6 +156,14 @@ class StubAws:
             name = params["ModelName"]
             if name in self.models:
                 return exists("model", name)
+            package = params.get("PrimaryContainer", {}).get("ModelPackageName")
+            if package is not None:
+                found = self._package(package)
+                if found is None:
+                    return package_missing(package)
+                if found["status"] != "Approved":
+                    return 400, {"__type": "ValidationException",
+                                 "message": f"Model package {package} is not approved"}
             self.models[name] = params
             return 200, {"ModelArn": f"{ACCOUNT_ARN}:model/{name.lower()}"}
         if operation == "DeleteModel":
@@ -212,6 +237,87 @@ class StubAws:
             if answer["TransformJobStatus"] == "Completed":
                 self._transform(job)
             return 200, answer
+        return None
+
+    def _package(self, arn):
+        return next((p for p in self.packages if p["arn"] == arn), None)
+
+    def _registry(self, operation, params):
+        """Algorithms, model package groups and model packages; None for other operations."""
+        if operation == "CreateAlgorithm":
+            name = params["AlgorithmName"]
+            if name in self.algorithms:
+                return exists("algorithm", name)
+            self.algorithms[name] = {"request": params, "polls": 0}
+            return 200, {"AlgorithmArn": f"{ACCOUNT_ARN}:algorithm/{name.lower()}"}
+        if operation == "DescribeAlgorithm":
+            name = params["AlgorithmName"]
+            algorithm = self.algorithms.get(name)
+            if algorithm is None:
+                return not_found("algorithm", name)
+            statuses = self.algorithm_statuses
+            status = statuses[min(algorithm["polls"], len(statuses) - 1)]
+            algorithm["polls"] += 1
+            request = algorithm["request"]
+            answer = {"AlgorithmName": name, "AlgorithmArn": f"{ACCOUNT_ARN}:algorithm/{name.lower()}",
+                      "CreationTime": 1700000000, "AlgorithmStatus": status,
+                      "TrainingSpecification": request["TrainingSpecification"],
+                      "AlgorithmStatusDetails": {}}
+            if "InferenceSpecification" in request:
+                answer["InferenceSpecification"] = request["InferenceSpecification"]
+            if status not in ("Pending", "InProgress"):
+                answer.update(self.algorithm_final)
+            return 200, answer
+        if operation == "CreateModelPackageGroup":
+            name = params["ModelPackageGroupName"]
+            if name in self.package_groups:
+                return 400, {"__type": "ValidationException",
+                             "message": f"Model Package Group already exists: "
+                                        f"{ACCOUNT_ARN}:model-package-group/{name.lower()}"}
+            self.package_groups[name] = params
+            return 200, {"ModelPackageGroupArn":
+                         f"{ACCOUNT_ARN}:model-package-group/{name.lower()}"}
+        if operation == "DescribeModelPackageGroup":
+            name = params["ModelPackageGroupName"]
+            if name not in self.package_groups:
+                return 400, {"__type": "ValidationException",
+                             "message": f"ModelPackageGroup {name} does not exist."}
+            return 200, {"ModelPackageGroupName": name,
+                         "ModelPackageGroupArn": f"{ACCOUNT_ARN}:model-package-group/{name.lower()}",
+                         "CreationTime": 1700000000, "CreatedBy": {},
+                         "ModelPackageGroupStatus": "Completed"}
+        if operation == "CreateModelPackage":
+            group = params.get("ModelPackageGroupName")
+            if group not in self.package_groups:
+                return 400, {"__type": "ValidationException",
+                             "message": f"ModelPackageGroup {group} does not exist."}
+            version = 1 + sum(p["group"] == group for p in self.packages)
+            arn = f"{ACCOUNT_ARN}:model-package/{group.lower()}/{version}"
+            self.packages.append({"arn": arn, "group": group, "version": version,
+                                  "request": params,
+                                  "status": params.get("ModelApprovalStatus",
+                                                       "PendingManualApproval")})
+            return 200, {"ModelPackageArn": arn}
+        if operation == "DescribeModelPackage":
+            package = self._package(params["ModelPackageName"])
+            if package is None:
+                return package_missing(params["ModelPackageName"])
+            answer = {k: v for k, v in package["request"].items()
+                      if k in ("ModelPackageDescription", "InferenceSpecification",
+                               "ModelMetrics", "CustomerMetadataProperties")}
+            answer.update(ModelPackageName=package["group"],
+                          ModelPackageGroupName=package["group"],
+                          ModelPackageVersion=package["version"], ModelPackageArn=package["arn"],
+                          CreationTime=1700000000, ModelPackageStatus="Completed",
+                          ModelApprovalStatus=package["status"])
+            return 200, answer
+        if operation == "UpdateModelPackage":
+            package = self._package(params["ModelPackageArn"])
+            if package is None:
+                return package_missing(params["ModelPackageArn"])
+            if "ModelApprovalStatus" in params:
+                package["status"] = params["ModelApprovalStatus"]
+            return 200, {"ModelPackageArn": package["arn"]}
         return None
 
     def _transform(self, job):

@@ -35,9 +35,10 @@ TRUTH = {
 }
 
 
-def train_like(job, epochs="2"):
+def train_like(job, epochs="2", output_data=None):
     """Runs the trainer as `job` (a training job or a tuning job's definition) would, on the
-    fixture. Returns (stdout + stderr lines, metrics.json)."""
+    fixture. Returns (stdout + stderr lines, metrics.json); fills the dict `output_data`, when
+    given, with the files of output/data (name → bytes)."""
     binary = os.environ.get("SMTRAIN_BIN")
     if not binary or not Path(binary).is_file():
         raise AssertionError(f"SMTRAIN_BIN={binary!r}: set it to the release train binary")
@@ -65,6 +66,9 @@ def train_like(job, epochs="2"):
         if run.returncode != 0:
             raise AssertionError(f"train failed ({run.returncode}):\n{run.stderr}")
         metrics = json.loads((base / "model/metrics.json").read_text())
+        if output_data is not None:
+            output_data.update({f.name: f.read_bytes()
+                                for f in (base / "output/data").iterdir()})
     return run.stdout.splitlines(), run.stderr.splitlines(), metrics
 
 

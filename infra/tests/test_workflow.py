@@ -1,6 +1,9 @@
 """The example GitHub Actions pipeline does what it says. (Its schema, and that every job has a
 timeout, are checked by check-jsonschema in make test-infra.)"""
 
+import re
+import subprocess
+import sys
 import unittest
 
 import yaml
@@ -37,7 +40,7 @@ class Pipeline(unittest.TestCase):
 
     def test_it_uses_oidc_not_stored_keys(self):
         self.assertEqual(WORKFLOW["permissions"]["id-token"], "write")
-        for job in ("image", "train"):
+        for job in ("image", "train", "deploy"):
             (step,) = [s for s in WORKFLOW["jobs"][job]["steps"]
                        if s.get("uses", "").startswith("aws-actions/configure-aws-credentials")]
             self.assertIn("role-to-assume", step["with"])
@@ -49,20 +52,37 @@ class Pipeline(unittest.TestCase):
         wait = rendered("training")["StoppingCondition"]["MaxWaitTimeInSeconds"]
         self.assertGreater(WORKFLOW["jobs"]["train"]["timeout-minutes"] * 60, wait)
 
-    def test_deploying_is_asked_for_and_the_endpoint_is_always_deleted(self):
-        deploy = WORKFLOW[True]["workflow_dispatch"]["inputs"]["deploy"]
-        self.assertEqual((deploy["type"], deploy["default"]), ("boolean", False))
+    def test_a_model_below_the_threshold_fails_the_pipeline_before_it_is_registered(self):
         steps = WORKFLOW["jobs"]["train"]["steps"]
-        (up,) = [s for s in steps if "make deploy" in s.get("run", "")]
-        (down,) = [s for s in steps if "make undeploy" in s.get("run", "")]
-        self.assertEqual(up["if"], "inputs.deploy")
-        self.assertIn("make invoke", up["run"])
-        self.assertEqual(down["if"], "always() && inputs.deploy")
-        self.assertLess(steps.index(up), steps.index(down))
-        # Each run deploys to an endpoint of its own; deploy uses the job this run trained.
-        env = WORKFLOW["jobs"]["train"]["env"]
-        self.assertIn("${{ github.run_id }}", env["ENDPOINT_NAME"])
-        self.assertIn("JOB_NAME", env)
+        (submit,) = [s for s in steps if s.get("run") == "make submit"]
+        (gate,) = [s for s in steps if "describe-training-job" in s.get("run", "")]
+        (register,) = [s for s in steps if s.get("run") == "make register"]
+        self.assertLess(steps.index(submit), steps.index(gate))
+        self.assertLess(steps.index(gate), steps.index(register))
+        self.assertIn("vars.SMTRAIN_MIN_TEST_ACCURACY", gate["env"]["MIN_ACCURACY"])
+        self.assertIn("MetricName=='test:accuracy'", gate["run"])
+        # The comparison the step runs, on the values it may read.
+        check = re.search(r"python3 -c '([^']*)'", gate["run"]).group(1)
+        for accuracy, threshold, passes in [("0.87", "0.85", True), ("0.85", "0.85", True),
+                                            ("0.84", "0.85", False), ("None", "0.85", False)]:
+            run = subprocess.run([sys.executable, "-c", check, accuracy, threshold],
+                                 capture_output=True)
+            self.assertEqual(run.returncode == 0, passes, (accuracy, threshold))
+
+    def test_it_registers_then_deploys_only_after_the_environments_approval(self):
+        jobs = WORKFLOW["jobs"]
+        (register,) = [s for s in jobs["train"]["steps"] if s.get("run") == "make register"]
+        self.assertEqual(jobs["train"]["outputs"]["model-package-arn"],
+                         f"${{{{ steps.{register['id']}.outputs.model-package-arn }}}}")
+        deploy = jobs["deploy"]
+        self.assertEqual(deploy["needs"], "train")
+        self.assertEqual(deploy["environment"], "smtrain-production")
+        self.assertEqual(deploy["env"]["PACKAGE"],
+                         "${{ needs.train.outputs.model-package-arn }}")
+        text = runs("deploy")
+        self.assertLess(text.index('make approve VERSION="$PACKAGE"'), text.index("make deploy"))
+        self.assertLess(text.index("make undeploy"), text.index("make deploy"))
+        self.assertFalse(deploy["concurrency"]["cancel-in-progress"])
 
     def test_a_cancelled_pipeline_stops_its_job_and_the_request_is_kept(self):
         steps = WORKFLOW["jobs"]["train"]["steps"]

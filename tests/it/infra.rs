@@ -2,10 +2,12 @@
 //! training job's must be accepted keys holding the notebook's defaults; the tuning job's static
 //! values, and every value its ranges can reach, must be accepted too. (The templates'
 //! hyperparameters are literal strings that rendering leaves alone; `infra/tests` checks that.)
+//! The Algorithm specification (`infra/algorithm.json`) is generated from the key table here.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use smtrain::algorithm;
 use smtrain::config::{is_platform_key, TrainConfig, KEYS};
 
 fn template(name: &str) -> Value {
@@ -151,4 +153,100 @@ fn the_recipe_doc_names_the_keys_the_tuning_job_searches() {
         KEYS.iter().map(|k| k.name).filter(|k| sentence.contains(&format!("`{k}`"))).collect();
     named.sort();
     assert_eq!(named, tuned, "docs/recipe.md: {sentence}");
+}
+
+/// `infra/algorithm-hyperparameters.json` and `infra/algorithm-content-types.json`, which
+/// `infra/algorithm.json` includes, are the trainer's own (`smtrain::algorithm`, from the key
+/// table and the formats it reads); `SMTRAIN_BLESS=1` rewrites them after a change.
+#[test]
+fn the_algorithm_spec_is_generated_from_the_trainer() {
+    let files = [
+        ("algorithm-hyperparameters.json", algorithm::hyperparameters()),
+        ("algorithm-content-types.json", serde_json::json!(algorithm::content_types())),
+    ];
+    let bless = std::env::var("SMTRAIN_BLESS").is_ok_and(|v| v == "1");
+    for (name, want) in files {
+        let path = format!("{}/infra/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = serde_json::to_string_pretty(&want).unwrap() + "\n";
+        if bless {
+            std::fs::write(&path, text).unwrap();
+        } else {
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(committed == text, "infra/{name} is stale: rerun with SMTRAIN_BLESS=1");
+        }
+    }
+}
+
+/// Every value the console or a tuning job can send from the specification is accepted: each
+/// end of each range (open ends moved inside), each categorical value; and the defaults,
+/// together, are the trainer's defaults.
+#[test]
+fn every_range_end_and_default_of_the_algorithm_spec_parses() {
+    let spec = template("algorithm-hyperparameters.json");
+    let spec = spec.as_array().unwrap();
+    let names: Vec<&str> = spec.iter().map(|s| s["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, KEYS.iter().map(|k| k.name).collect::<Vec<_>>());
+    let mut defaults = BTreeMap::new();
+    for s in spec {
+        let name = s["Name"].as_str().unwrap().to_string();
+        let range = &s["Range"];
+        let mut values: Vec<String> = Vec::new();
+        for kind in ["IntegerParameterRangeSpecification", "ContinuousParameterRangeSpecification"]
+        {
+            for end in ["MinValue", "MaxValue"] {
+                if let Some(v) = range[kind][end].as_str() {
+                    values.push(v.into());
+                }
+            }
+        }
+        for v in range["CategoricalParameterRangeSpecification"]["Values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            values.push(v.as_str().unwrap().into());
+        }
+        assert_eq!(values.is_empty(), s["Type"] == "FreeText", "{name}: {s}");
+        for value in values {
+            let one = BTreeMap::from([(name.clone(), value)]);
+            parse(&one);
+        }
+        if let Some(d) = s["DefaultValue"].as_str() {
+            defaults.insert(name, d.to_string());
+        }
+    }
+    let mut cfg = parse(&defaults);
+    cfg.resolve_classes(Some(9), true);
+    assert_eq!(cfg, TrainConfig::default());
+}
+
+/// A job given every default the specification states, as the console fills them in, trains.
+#[test]
+fn a_job_with_the_algorithm_specs_defaults_trains() {
+    let spec = template("algorithm-hyperparameters.json");
+    let defaults: Vec<(&str, &str)> = spec
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| Some((s["Name"].as_str()?, s["DefaultValue"].as_str()?)))
+        .collect();
+    assert!(defaults.len() + 2 == KEYS.len(), "all but num_classes and class_names: {defaults:?}");
+    let run = crate::util::Job::small(&defaults).run().ok();
+    assert!(run.stdout().contains("metrics: test_loss="), "{}", run.stdout());
+}
+
+/// The content types the Algorithm and the Model Registry's versions offer for inference are
+/// ones `train serve` reads (requests) and writes (answers).
+#[test]
+fn the_inference_content_types_are_the_servers() {
+    use smtrain::serve::payload::{Input, Output};
+    for name in ["algorithm.json", "model-package.json"] {
+        let spec = &template(name)["InferenceSpecification"];
+        for t in spec["SupportedContentTypes"].as_array().unwrap() {
+            assert!(Input::from_content_type(t.as_str()).is_some(), "{name}: {t}");
+        }
+        for t in spec["SupportedResponseMIMETypes"].as_array().unwrap() {
+            assert!(Output::from_accept(t.as_str()).is_some(), "{name}: {t}");
+        }
+    }
 }

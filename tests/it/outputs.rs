@@ -1,4 +1,4 @@
-//! `output/data/` after a job: evaluation.json and the pictures, checked against the numbers
+//! `output/data/` after a job: evaluation.json, model_quality.json and the pictures, checked against the numbers
 //! and the data they claim to show.
 
 use smtrain::data::{load_channel, Format};
@@ -72,7 +72,14 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     job.run().ok();
     assert_eq!(
         output_files(&job),
-        ["confusion.png", "evaluation.json", "predictions.png", "samples.png", "training.png"]
+        [
+            "confusion.png",
+            "evaluation.json",
+            "model_quality.json",
+            "predictions.png",
+            "samples.png",
+            "training.png"
+        ]
     );
     let metrics = job.json("model/metrics.json");
     let eval = job.json("output/data/evaluation.json");
@@ -99,6 +106,7 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     assert!(trace > 60 && trace < 200, "{trace}");
     let f1 = eval["macro_average"]["f1"].as_f64().unwrap();
     assert!(f1 > 0.2 && f1 < 1.0, "{f1}");
+    model_quality_is_the_evaluation(&job.json("output/data/model_quality.json"), &eval);
 
     // predictions.png: the first 15 test images, each caption blue exactly when `predict`
     // classifies the image right.
@@ -155,6 +163,41 @@ fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     assert!(colours(&img) > 50);
 }
 
+/// `model_quality.json` is the test set's evaluation in Model Monitor's shape: the same numbers,
+/// the same matrix keyed by class name, and bootstrap spreads of the binomial size.
+fn model_quality_is_the_evaluation(quality: &serde_json::Value, eval: &serde_json::Value) {
+    let m = &quality["multiclass_classification_metrics"];
+    let n = eval["samples"].as_f64().unwrap();
+    assert_eq!(quality["dataset"]["item_count"], eval["samples"]);
+    for (metric, want) in [
+        ("accuracy", &eval["accuracy"]),
+        ("weighted_precision", &eval["weighted_average"]["precision"]),
+        ("weighted_recall", &eval["weighted_average"]["recall"]),
+        ("weighted_f1", &eval["weighted_average"]["f1"]),
+    ] {
+        let got = m[metric]["value"].as_f64().unwrap();
+        assert!((got - want.as_f64().unwrap()).abs() < 1e-12, "{metric}: {got} vs {want}");
+        let sd = m[metric]["standard_deviation"].as_f64().unwrap();
+        // Accuracy's standard error is at most 1/(2 sqrt n) (with room for what 100 resamples
+        // can tell); the weighted means spread somewhat more. A set neither perfect nor
+        // hopeless has some spread.
+        let most = if metric == "accuracy" { 0.75 } else { 2.0 };
+        assert!(sd > 0.0 && sd < most / n.sqrt(), "{metric}: {sd}");
+    }
+    let names: Vec<&str> =
+        eval["class_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let matrix = m["confusion_matrix"].as_object().unwrap();
+    assert_eq!(matrix.len(), names.len());
+    for (t, actual) in names.iter().enumerate() {
+        for (p, predicted) in names.iter().enumerate() {
+            assert_eq!(
+                matrix[*actual][*predicted], eval["confusion_matrix"][t][p],
+                "{actual}/{predicted}"
+            );
+        }
+    }
+}
+
 #[test]
 fn without_a_test_channel_the_validation_data_is_evaluated() {
     let job = Job::new();
@@ -173,7 +216,9 @@ fn without_a_test_channel_the_validation_data_is_evaluated() {
     assert!(has_colour(&img, plots::ORANGE), "validation curve");
     let title_row = png(&job, "predictions.png");
     assert!(colours(&title_row) > 200);
+    // The validation data chose the model: its scores are no model quality to register.
     assert_eq!(output_files(&job).len(), 5);
+    assert!(!output_files(&job).contains(&"model_quality.json".to_string()));
 }
 
 #[test]
@@ -183,6 +228,7 @@ fn without_test_or_validation_data_only_the_training_pictures_are_written() {
     job.hyperparameters(&[("epochs", "1")]);
     // Left by an earlier run in the same folder: must not pass for this run's.
     job.write("output/data/evaluation.json", "{}");
+    job.write("output/data/model_quality.json", "{}");
     job.write("output/data/confusion.png", "old");
     let run = job.run().ok();
     assert_eq!(output_files(&job), ["samples.png", "training.png"]);

@@ -178,7 +178,14 @@ fn real_fashion_mnist_round_trip_through_s3() {
     unpack(&s.get("artifacts", "runs/e2e-job/output/output.tar.gz").unwrap(), data.path());
     assert_eq!(
         files_under(data.path()),
-        ["confusion.png", "evaluation.json", "predictions.png", "samples.png", "training.png"]
+        [
+            "confusion.png",
+            "evaluation.json",
+            "model_quality.json",
+            "predictions.png",
+            "samples.png",
+            "training.png"
+        ]
     );
     let reported: serde_json::Value =
         serde_json::from_slice(&std::fs::read(back.path().join("metrics.json")).unwrap()).unwrap();
