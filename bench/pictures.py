@@ -13,7 +13,6 @@ against each peer, and the peak resident memory the load added (VmHWM at the end
 before it, as ours is measured), against the decoded uint8 images (47 MB).
 """
 import argparse
-import gzip
 import json
 import os
 import shlex
@@ -21,9 +20,7 @@ import statistics
 import subprocess
 import sys
 
-import numpy as np
-
-FASHION = "/usr/share/datasets/fashion-mnist"
+from common import read_idx
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
 
@@ -69,13 +66,6 @@ print('{"seconds": %f, "rows": %d, "added": %d}' % (s, a.shape[0], status("VmHWM
 """
 
 
-def idx(name):
-    with gzip.open(os.path.join(FASHION, name)) as f:
-        data = f.read()
-    n = data[3]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * n)
-
-
 def prepare(work):
     """The training set as PNG class folders, written once."""
     root = os.path.join(work, "png")
@@ -84,8 +74,8 @@ def prepare(work):
         return root
     from PIL import Image
 
-    images = idx("train-images-idx3-ubyte.gz").reshape(-1, 28, 28)
-    labels = idx("train-labels-idx1-ubyte.gz")
+    images = read_idx("train-images-idx3-ubyte.gz")
+    labels = read_idx("train-labels-idx1-ubyte.gz")
     for c in CLASSES:
         os.makedirs(os.path.join(root, c), exist_ok=True)
     for i, (img, label) in enumerate(zip(images, labels)):

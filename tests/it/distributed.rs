@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::util::Job;
 
 /// A port the kernel just handed out (free for the moment).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

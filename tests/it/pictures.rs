@@ -235,18 +235,7 @@ fn served((status, body): (u16, Vec<u8>)) -> Vec<(String, Value)> {
 
 /// A uint8 `.npy` body of `shape`.
 fn npy(shape: &[usize], data: &[u8]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let mut h =
-        format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((h.len() as u16).to_le_bytes());
-    b.extend(h.as_bytes());
-    b.extend(data);
-    b
+    crate::tables::npy("|u1", shape, data)
 }
 
 /// Real RGB photos of many sizes, end to end: class folders → train at another size than
@@ -499,12 +488,7 @@ fn two_hosts_train_sharded_class_folders_and_refuse_shards_without_a_class() {
     // Each host's class folders: (the photos' folder, the name it gets on the host).
     type Shard<'a> = &'a [(&'a str, &'a str)];
     let run_pair = |shards: [Shard; 2]| -> Vec<(Job, std::process::Output)> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string();
+        let port = crate::distributed::free_port().to_string();
         let hosts = ["127.0.0.1", "127.0.0.2"];
         let mut ranks = Vec::new();
         for (rank, classes) in shards.iter().enumerate() {

@@ -116,7 +116,7 @@ fn fashion(channel: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// `numpy.save`'s bytes for an array (format 1.0).
-fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+pub(crate) fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape =
         if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
