@@ -13,14 +13,12 @@ against each peer, and the peak resident memory the load added (VmHWM at the end
 before it, as ours is measured), against the decoded uint8 images (47 MB).
 """
 import argparse
-import json
 import os
 import shlex
 import statistics
-import subprocess
-import sys
 
 from common import read_idx
+from tables import run_json
 CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
 
@@ -82,11 +80,6 @@ def prepare(work):
         Image.fromarray(img).save(os.path.join(root, CLASSES[label], f"{i:05}.png"))
     open(done, "w").close()
     return root
-
-
-def run_json(cmd, env=None):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
