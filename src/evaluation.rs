@@ -82,6 +82,88 @@ pub fn predict(model: &Mlp, images: &Tensor, scale: f64) -> Predictions {
     })
 }
 
+/// The most multiply-adds a batch may take to run on [`SmallMlp`]: below this, libtorch's cost
+/// per operation (a dozen dispatches of a few microseconds each) outweighs the arithmetic.
+pub const SMALL_MACS: usize = 1_000_000;
+
+/// A small model's weights in plain memory, for batches of a few inputs (what `serve` is sent
+/// one at a time, and `predict`'s pictures): the same layers as [`Mlp::forward`] in Rust, with
+/// no libtorch call. `predict` and `serve` both take this path for the same batches, so they
+/// still answer alike bit for bit; its floats may differ from libtorch's in the last bits.
+#[derive(Debug, Clone)]
+pub struct SmallMlp {
+    /// Each layer's weight, transposed (inputs × outputs, so one input's weights to every
+    /// output lie together), and bias.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Multiply-adds of one input.
+    macs: usize,
+}
+
+impl SmallMlp {
+    /// The model's weights, when one input costs at most [`SMALL_MACS`]; `None` otherwise.
+    pub fn of(model: &Mlp) -> Option<Self> {
+        let macs = model.sizes().windows(2).map(|w| w[0] * w[1]).sum();
+        if macs > SMALL_MACS {
+            return None;
+        }
+        let host = |t: &Tensor| {
+            Vec::<f32>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))
+                .expect("weights are float")
+        };
+        let layers = model.layers.iter().map(|l| (host(&l.weight.tr()), host(&l.bias))).collect();
+        Some(Self { layers, macs })
+    }
+
+    /// Whether a batch of `count` inputs is small enough for this path.
+    pub fn fits(&self, count: usize) -> bool {
+        count.saturating_mul(self.macs) <= SMALL_MACS
+    }
+
+    /// Predictions for `values` (`count × inputs`, row-major), each multiplied by `scale` first.
+    pub fn predict(&self, values: &[f32], scale: f32) -> Predictions {
+        let mut h: Vec<f32> = values.iter().map(|&v| v * scale).collect();
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            let n = b.len();
+            let k = w.len() / n;
+            let mut out = Vec::with_capacity(h.len() / k * n);
+            for x in h.chunks_exact(k) {
+                out.extend_from_slice(b);
+                let row = out.len() - n;
+                // Input by input: pixels and ReLU outputs are often 0, and are skipped.
+                for (&xj, wj) in x.iter().zip(w.chunks_exact(n)).filter(|(&xj, _)| xj != 0.0) {
+                    for (o, &wv) in out[row..].iter_mut().zip(wj) {
+                        *o += xj * wv;
+                    }
+                }
+            }
+            if i < last {
+                out.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            h = out;
+        }
+        let num_classes = self.layers[last].1.len();
+        let mut classes = Vec::with_capacity(h.len() / num_classes);
+        let mut probabilities = Vec::with_capacity(h.len());
+        for row in h.chunks_exact(num_classes) {
+            // The first of equal maxima, as libtorch's argmax picks.
+            let (best, max) =
+                row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                });
+            classes.push(best);
+            let exps: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            probabilities.extend(exps.iter().map(|e| e / sum));
+        }
+        Predictions { num_classes, classes, logits: h, probabilities }
+    }
+}
+
 /// `evaluation.json`: how the final model does on a labelled set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -290,6 +372,29 @@ mod tests {
 
     /// The accuracy of `predict`'s classes is `train::evaluate`'s, bit for bit, across batch
     /// boundaries.
+    #[test]
+    fn the_small_path_answers_as_libtorch_within_float_rounding() {
+        let sizes = crate::model::layer_sizes(784, &[128], 10);
+        let model = Mlp::glorot(&sizes, 3, Device::Cpu);
+        let small = SmallMlp::of(&model).expect("the notebook's model is small");
+        assert!(small.fits(9) && !small.fits(10), "9 images of 101,632 multiply-adds fit");
+        let pixels: Vec<u8> = (0..9 * 784).map(|i| ((i * 37 + i / 784 * 11) % 256) as u8).collect();
+        let t = Tensor::from_slice(&pixels).view([9, 784]);
+        let want = predict(&model, &t, 1.0 / 255.0);
+        let values: Vec<f32> = pixels.iter().map(|&v| f32::from(v)).collect();
+        let got = small.predict(&values, 1.0 / 255.0);
+        assert_eq!(got.classes, want.classes);
+        assert_eq!(got.num_classes, 10);
+        for (a, b) in got.probabilities.iter().zip(&want.probabilities) {
+            assert!((a - b).abs() < 1e-5, "{a} against {b}");
+        }
+        for (a, b) in got.logits.iter().zip(&want.logits) {
+            assert!((a - b).abs() < 1e-4, "{a} against {b}");
+        }
+        let big = Mlp::glorot(&crate::model::layer_sizes(784, &[2048], 10), 3, Device::Cpu);
+        assert!(SmallMlp::of(&big).is_none(), "1.6M multiply-adds per image are libtorch's");
+    }
+
     #[test]
     fn predictions_reproduce_evaluate_exactly() {
         let cfg = TrainConfig {

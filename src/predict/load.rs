@@ -22,6 +22,8 @@ pub struct Loaded {
     pub card: ModelCard,
     /// The input `model.json` describes, checked against the weights.
     pub input: Input,
+    /// The weights in plain memory, for a small model's small batches.
+    pub small: Option<crate::evaluation::SmallMlp>,
 }
 
 impl Loaded {
@@ -53,7 +55,8 @@ pub fn load_model(path: &Path) -> Result<Loaded> {
     if card.class_names.len() != classes {
         bail!("{MODEL_FILE}: {} class names for {classes} classes", card.class_names.len());
     }
-    Ok(Loaded { model, card, input })
+    let small = crate::evaluation::SmallMlp::of(&model);
+    Ok(Loaded { model, card, input, small })
 }
 
 /// Copies `model.json` and `model.safetensors` out of a tar archive (gzipped or not) into `dir`.

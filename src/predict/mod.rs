@@ -111,6 +111,11 @@ pub struct Ranked<'a> {
 pub fn classify(loaded: &Loaded, pixels: &[u8], invert: bool) -> Predictions {
     let features = loaded.model.sizes()[0];
     let count = pixels.len() / features;
+    if loaded.small.as_ref().is_some_and(|s| s.fits(count)) {
+        let values: Vec<f32> =
+            pixels.iter().map(|&v| f32::from(if invert { 255 - v } else { v })).collect();
+        return forward(loaded, &values, count, loaded.card.input.scale);
+    }
     let t = if invert {
         let inv: Vec<u8> = pixels.iter().map(|&v| 255 - v).collect();
         Tensor::from_slice(&inv)
@@ -145,9 +150,21 @@ pub fn check_pixel_scale(pixels: &[f32]) -> std::result::Result<(), String> {
 pub fn classify_rows(loaded: &Loaded, mut rows: Vec<f32>) -> Predictions {
     let features = loaded.model.sizes()[0];
     let scale = loaded.prepare(&mut rows);
-    let count = rows.len() / features;
-    let t = Tensor::from_slice(&rows).view([count as i64, features as i64]);
-    evaluation::predict(&loaded.model, &t, scale)
+    forward(loaded, &rows, rows.len() / features, scale)
+}
+
+/// The forward pass of `count` inputs (`values`, already standardized for a table), each value
+/// times `scale`: natively for a small model's small batch, else through libtorch. `predict` and
+/// `serve` both come here, so the same batch gets the same bits from either.
+pub fn forward(loaded: &Loaded, values: &[f32], count: usize, scale: f64) -> Predictions {
+    match loaded.small.as_ref().filter(|s| s.fits(count)) {
+        Some(small) => small.predict(values, scale as f32),
+        None => {
+            let features = loaded.model.sizes()[0] as i64;
+            let t = Tensor::from_slice(values).view([count as i64, features]);
+            evaluation::predict(&loaded.model, &t, scale)
+        }
+    }
 }
 
 /// The largest CSV file `predict` reads for a table model.

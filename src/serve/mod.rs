@@ -25,11 +25,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tch::Tensor;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::evaluation::{self, Predictions};
+use crate::evaluation::Predictions;
 use crate::model::Mlp;
 use crate::predict::{self, Loaded};
 use payload::{Batch, Input, Output};
@@ -535,6 +534,7 @@ fn copy_of(loaded: &Loaded) -> Loaded {
         model: Mlp::from_flat(loaded.model.sizes(), loaded.model.flat.copy()),
         card: loaded.card.clone(),
         input: loaded.input.clone(),
+        small: loaded.small.clone(),
     }
 }
 
@@ -590,15 +590,15 @@ fn work(loaded: &Loaded, queue: &Mutex<std::sync::mpsc::Receiver<Job>>) {
 
 /// The forward pass `predict` runs, on float values: the same operations, so the same bits.
 fn forward(loaded: &Loaded, batch: &Batch) -> Predictions {
-    let features = loaded.model.sizes()[0] as i64;
-    let (t, scale) = if loaded.card.input.standardize.is_some() {
-        let mut values = batch.pixels.clone();
-        let scale = loaded.prepare(&mut values);
-        (Tensor::from_slice(&values), scale)
+    let mut standardized;
+    let (values, scale) = if loaded.card.input.standardize.is_some() {
+        standardized = batch.pixels.clone();
+        let scale = loaded.prepare(&mut standardized);
+        (&standardized[..], scale)
     } else {
-        (Tensor::from_slice(&batch.pixels), loaded.card.input.scale)
+        (&batch.pixels[..], loaded.card.input.scale)
     };
-    evaluation::predict(&loaded.model, &t.view([batch.count as i64, features]), scale)
+    predict::forward(loaded, values, batch.count, scale)
 }
 
 /// The forward pass on this thread, with its own copy of the model (made on first use).
