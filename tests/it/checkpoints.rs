@@ -51,6 +51,19 @@ pub(crate) fn start_until(job: &Job, lines: usize) -> Child {
     child
 }
 
+/// Runs `job` until its second metric line (epoch 1's checkpoint is written by then), kills it,
+/// runs it again, and checks that it resumed to the weights of `reference`, an uninterrupted run
+/// of the same job.
+pub(crate) fn resumes_to_the_weights_of(job: &Job, reference: &Job) {
+    let mut child = start_until(job, 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = job.run().ok();
+    assert!(run.stderr().contains("resuming from checkpoint"), "{}", run.stderr());
+    let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
+    assert!(weights(job) == weights(reference), "resumed weights differ");
+}
+
 /// [`HP`] with augmentation and label smoothing, whose random choices a resumed run must
 /// draw again exactly.
 const AUGMENTED: &[(&str, &str)] = &[

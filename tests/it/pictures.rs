@@ -472,13 +472,7 @@ fn a_picture_job_stopped_after_an_epoch_resumes_bit_identically() {
     let reference = make();
     reference.run().ok();
     let job = make();
-    let mut child = crate::checkpoints::start_until(&job, 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let run = job.run().ok();
-    assert!(run.stderr().contains("resuming from checkpoint"), "{}", run.stderr());
-    let weights = |j: &Job| std::fs::read(j.path("model/model.safetensors")).unwrap();
-    assert!(weights(&job) == weights(&reference), "resumed weights differ");
+    crate::checkpoints::resumes_to_the_weights_of(&job, &reference);
 }
 
 /// Two hosts, each with its shard of the photos' class folders, train together; a shard that
