@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::contract::ResourceConfig;
 use crate::error::{user, Stopped};
+use crate::heartbeat::{self, Heartbeat};
 use crate::native::{ProcessGroup, Store};
 
 fn cstring(s: &str) -> Result<CString> {
@@ -97,12 +98,25 @@ pub fn share(len: usize, rank: usize, world: usize) -> (usize, usize) {
 
 /// This process's membership in the job's process group.
 pub struct Group {
-    // Declared first, so dropped before the store it was made over.
+    // Dropped first: the goodbye to the other hosts goes before the connections close.
+    heartbeat: Heartbeat,
+    // Declared before the store, so dropped before the store it was made over.
     pg: ProcessGroup,
     _store: Store,
     pub topology: Topology,
     /// All-reduces so far and their total time, for the log and the benchmark.
     reduces: std::cell::Cell<(u64, Duration)>,
+}
+
+/// The store key under which the first host publishes its heartbeat port.
+const HEARTBEAT_KEY: &str = "heartbeat/port";
+
+/// The first host's heartbeat port, from the store.
+fn heartbeat_port(store: &Store) -> Result<u16> {
+    let text = store
+        .get(&cstring(HEARTBEAT_KEY)?)
+        .map_err(|e| anyhow!("reading the first host's heartbeat port: {e}"))?;
+    text.parse().map_err(|_| anyhow!("the first host published heartbeat port {text:?}"))
 }
 
 /// How long one attempt to reach the master waits before we log and try again.
@@ -126,14 +140,38 @@ impl Group {
         resolve_master(topology, deadline, stop)?;
         let store = open_store(topology, deadline, stop)?;
         register(&store, topology, deadline, stop)?;
+        // The first host's heartbeat port is in the store before the group forms, so the
+        // others find it there once they are in the group.
+        let listener = match topology.rank {
+            0 => {
+                let l = heartbeat::Listener::open()?;
+                store
+                    .set(&cstring(HEARTBEAT_KEY)?, &cstring(&l.port()?.to_string())?)
+                    .map_err(|e| anyhow!("publishing the heartbeat port: {e}"))?;
+                Some(l)
+            }
+            _ => None,
+        };
         let iface = cstring(topology.interface.as_deref().unwrap_or(""))?;
         let host = cstring(topology.host())?;
         // Gloo's own limit for every later exchange; a peer that dies closes its connections,
-        // which fails an exchange at once, so this only bounds a peer that hangs.
+        // or goes quiet on the heartbeat, which fails an exchange within seconds, so this only
+        // bounds a peer that hangs.
         let pg = ProcessGroup::new(&store, (topology.rank, world), &iface, &host, timeout)
             .map_err(|e| anyhow!("setting up Gloo between {:?}: {e}", topology.hosts))?;
-        let this =
-            Self { pg, _store: store, topology: topology.clone(), reduces: Default::default() };
+        let port = match &listener {
+            Some(l) => l.port()?,
+            None => heartbeat_port(&store)?,
+        };
+        let heartbeat =
+            Heartbeat::start(topology, listener, port, Instant::now() + timeout, timeout)?;
+        let this = Self {
+            heartbeat,
+            pg,
+            _store: store,
+            topology: topology.clone(),
+            reduces: Default::default(),
+        };
         info!(
             rank = topology.rank,
             world,
@@ -151,19 +189,30 @@ impl Group {
         self.topology.world()
     }
 
+    /// Why `op` failed: the heartbeat's word on a lost host, when it has one, says more than
+    /// Gloo's on the connection it then closed.
     fn failed(&self, op: &str, e: String) -> anyhow::Error {
+        let why = self.heartbeat.lost().unwrap_or_else(|| tidy(&e).to_string());
         anyhow!(
-            "{op} across hosts {:?} failed on {}: {} (another host probably stopped or \
+            "{op} across hosts {:?} failed on {}: {why} (another host probably stopped or \
              failed; its log says why)",
             self.topology.hosts,
             self.topology.describe(self.rank()),
-            tidy(&e)
         )
+    }
+
+    /// Fails `op` before it starts once a host is known to be gone.
+    fn check_peers(&self, op: &str) -> Result<()> {
+        match self.heartbeat.lost() {
+            Some(why) => Err(self.failed(op, why)),
+            None => Ok(()),
+        }
     }
 
     /// Sums `t` (contiguous, on any device Gloo handles) over all ranks, in place. Every rank
     /// ends with the same bits.
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
+        self.check_peers("all-reduce")?;
         let start = Instant::now();
         self.pg.all_reduce_sum(t).map_err(|e| self.failed("all-reduce", e))?;
         let (n, total) = self.reduces.get();
@@ -180,6 +229,7 @@ impl Group {
 
     /// Overwrites `t` on every rank with rank `root`'s `t`.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
+        self.check_peers("broadcast")?;
         self.pg.broadcast(t, root).map_err(|e| self.failed("broadcast", e))
     }
 

@@ -14,6 +14,7 @@
 //! | [`budget`]    | the memory a configuration needs, checked against what the host has   |
 //! | [`device`]    | CPU or GPU, thread count, loading libtorch's CUDA backend             |
 //! | [`distributed`]| multi-host jobs: rank from `resourceconfig.json`, c10d rendezvous, all-reduce |
+//! | [`heartbeat`] | multi-host jobs: a host that vanishes fails the others within seconds  |
 //! | [`model`]     | the dense network: flat parameters, forward and backward by hand     |
 //! | [`augment`]   | training images shifted and mirrored per (seed, epoch, step)          |
 //! | [`optim`]     | Adam, AdamW, SGD, RMSprop over the flat buffers                       |
@@ -59,6 +60,7 @@ pub mod early;
 pub mod error;
 pub mod evaluation;
 pub mod files;
+pub mod heartbeat;
 pub mod host;
 pub mod inflate;
 pub mod job;

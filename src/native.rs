@@ -51,6 +51,11 @@ extern "C" {
         key: *const c_char,
         present: *mut c_int,
     ) -> *mut c_char;
+    fn smtrain_store_get(
+        store: *mut c_void,
+        key: *const c_char,
+        value: *mut *mut c_char,
+    ) -> *mut c_char;
     fn smtrain_store_free(store: *mut c_void);
     fn smtrain_group_new(
         store: *mut c_void,
@@ -204,6 +209,15 @@ impl Store {
         // SAFETY: the handle is live, `key` outlives the call and `present` is a valid out slot.
         status(unsafe { smtrain_store_check(self.0, key.as_ptr(), &mut present) })?;
         Ok(present != 0)
+    }
+
+    /// `key`'s value, waiting for it up to the store's timeout.
+    pub fn get(&self, key: &CStr) -> std::result::Result<String, String> {
+        let mut value = std::ptr::null_mut();
+        // SAFETY: the handle is live, `key` outlives the call and `value` receives a malloc'd
+        // string only on success, which take_message frees.
+        status(unsafe { smtrain_store_get(self.0, key.as_ptr(), &mut value) })?;
+        Ok(take_message(value).unwrap_or_default())
     }
 }
 

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,19 @@ char* smtrain_store_set(void* store, const char* key, const char* value) {
 char* smtrain_store_check(void* store, const char* key, int* present) {
   try {
     *present = static_cast<Store*>(store)->store->check({std::string(key)}) ? 1 : 0;
+    return nullptr;
+  }
+  SMTRAIN_CATCH
+}
+
+// `value` receives a malloc'd copy of the key's value (freed by the caller), waiting for the key
+// up to the store's timeout.
+char* smtrain_store_get(void* store, const char* key, char** value) {
+  try {
+    auto v = static_cast<Store*>(store)->store->get(std::string(key));
+    std::string text(v.begin(), v.end());
+    *value = strdup(text.c_str());
+    if (*value == nullptr) throw std::bad_alloc();
     return nullptr;
   }
   SMTRAIN_CATCH

@@ -215,6 +215,35 @@ fn a_host_that_dies_fails_the_other_promptly() {
     assert!(!master.job.path("model/model.safetensors").exists());
 }
 
+/// A host that stops answering without closing its connections (frozen here with SIGSTOP; a
+/// lost machine, a cut network or a FIN that never arrives look the same): the other fails once
+/// the heartbeat has been silent for 15 s, long before the distributed_timeout of 600 s.
+#[test]
+fn a_host_that_goes_silent_fails_the_other_within_the_heartbeat_limit() {
+    let (port, hosts) = (free_port(), hosts(2));
+    let hp = [("epochs", "10000"), ("checkpoint_interval", "0"), ("distributed_timeout", "600")];
+    let mut master = Rank::start(rank_job(&hp, port, &hosts, 0));
+    let worker = Rank::start(rank_job(&hp, port, &hosts, 1));
+    master.wait_for_log("epoch done", Duration::from_secs(120));
+    // SAFETY: signalling a child we own; dropping `worker` kills it, stopped or not.
+    assert_eq!(unsafe { libc::kill(worker.child.id() as i32, libc::SIGSTOP) }, 0);
+    let frozen = Instant::now();
+    let code = master.wait(Duration::from_secs(60));
+    let after = frozen.elapsed();
+    assert_eq!(code, 2, "{}", master.stderr());
+    let limit = Duration::from_secs(15);
+    assert!(after >= limit - Duration::from_secs(1), "noticed after {after:?}");
+    assert!(after < limit + Duration::from_secs(10), "noticed after {after:?}");
+    let failure = master.job.failure().unwrap();
+    assert!(failure.starts_with("InternalError:"), "{failure}");
+    assert!(
+        failure.contains("127.0.0.2 (rank 1) is gone: it sent no heartbeat for 15 s"),
+        "{failure}"
+    );
+    assert!(failure.contains("another host probably stopped"), "{failure}");
+    assert!(!master.job.path("model/model.safetensors").exists());
+}
+
 #[test]
 fn hosts_with_other_hyperparameters_refuse_to_train_together() {
     let (port, hosts) = (free_port(), hosts(2));

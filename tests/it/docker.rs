@@ -513,7 +513,7 @@ fn sigint_ends_training_likewise() {
 struct Cluster {
     jobs: Vec<Job>,
     containers: Vec<Container>,
-    _net: Network,
+    net: Network,
 }
 
 const HOSTS: [&str; 2] = ["algo-1", "algo-2"];
@@ -563,7 +563,7 @@ impl Cluster {
             ]);
             assert!(started.status.success(), "{}", text(&started.stderr));
         }
-        Self { jobs, containers, _net: net }
+        Self { jobs, containers, net }
     }
 }
 
@@ -617,6 +617,41 @@ fn killing_one_host_fails_the_other_promptly() {
     let failure = cluster.jobs[0].failure().unwrap();
     assert!(failure.starts_with("InternalError:"), "{failure}");
     assert!(failure.contains("another host probably stopped"), "{failure}");
+    assert!(!model.path().join("model.safetensors").exists());
+}
+
+/// A host cut off from the network (its interface gone): no connection closes and nothing more
+/// arrives from it, as when a machine is lost or a FIN never comes. The first host fails once
+/// the heartbeat has been silent for 15 s, not after the distributed_timeout (600 s here).
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn a_host_cut_off_from_the_network_fails_the_other_within_the_heartbeat_limit() {
+    let image = image();
+    let model = tempfile::tempdir().unwrap();
+    let hp = [
+        ("epochs", "100000"),
+        ("threads", "1"),
+        ("checkpoint_interval", "0"),
+        ("distributed_timeout", "600"),
+    ];
+    let cluster = Cluster::start(&image, &hp, model.path());
+    cluster.containers[0].wait_for_log("epoch done", Duration::from_secs(120));
+    let cut =
+        docker(&["network", "disconnect", "--force", &cluster.net.0, cluster.containers[1].name()]);
+    assert!(cut.status.success(), "{}", text(&cut.stderr));
+    let at = Instant::now();
+    let code = cluster.containers[0].wait();
+    let after = at.elapsed();
+    assert_eq!(code, 2, "{:?}", cluster.containers[0].logs());
+    let limit = Duration::from_secs(15);
+    assert!(after >= limit - Duration::from_secs(1), "algo-1 noticed after {after:?}");
+    assert!(after < limit + Duration::from_secs(10), "algo-1 noticed after {after:?}");
+    let failure = cluster.jobs[0].failure().unwrap();
+    assert!(failure.starts_with("InternalError:"), "{failure}");
+    assert!(
+        failure.contains("algo-2 (rank 1) is gone: it sent no heartbeat for 15 s"),
+        "{failure}"
+    );
     assert!(!model.path().join("model.safetensors").exists());
 }
 
