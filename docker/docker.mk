@@ -36,7 +36,7 @@ DOCKER_BUILD_ARGS = -f docker/Dockerfile \
   --build-arg REVISION=$(IMAGE_REVISION) \
   --build-arg SOURCE=$(IMAGE_SOURCE)
 
-.PHONY: docker-deps docker-base docker-artifacts docker-image docker-image-cuda docker-check-cuda \
+.PHONY: docker-deps docker-init docker-base docker-artifacts docker-image docker-image-cuda docker-check-cuda \
   docker-image-from-source \
   docker-train docker-sizes docker-clean
 
@@ -72,16 +72,27 @@ docker-deps:
 docker-base: docker-deps
 	$(SUDO) env DOCKER=$(DOCKER) docker/base-image.sh $(BASE_IMAGE)
 
+# The entry point, linked statically: no loader and no library file stands between the exec and
+# its first instruction, which blocks the stop signals (src/bin/smtrain-init.rs). `cargo rustc`
+# relinks only that binary with these flags; the copy keeps it apart from the dynamic one that
+# `cargo build` and `cargo test` link at the same path.
+INIT_BIN := $(CARGO_TARGET_DIR)/smtrain-init-static
+STATIC_INIT_FLAGS := -C target-feature=+crt-static -C relocation-model=static
+docker-init: build
+	cargo rustc --release --locked --bin smtrain-init -- $(STATIC_INIT_FLAGS)
+	cp "$(dir $(BIN))smtrain-init" "$(INIT_BIN).tmp"
+	mv "$(INIT_BIN).tmp" "$(INIT_BIN)"
+
 # The cpu variant's files, imported as the image that ARTIFACTS names. Re-imported only when the
 # binary, the libraries, the data or gather.sh change (their digest is the image's label).
-docker-artifacts: build docker-deps
+docker-artifacts: build docker-init docker-deps
 	@set -eu; \
-	key=$$(cat "$(BIN)" "$(dir $(BIN))smtrain-init" docker/gather.sh "$(TORCH_SITE)/.complete" $(DATA_DIR)/*.gz \
+	key=$$(cat "$(BIN)" "$(INIT_BIN)" docker/gather.sh "$(TORCH_SITE)/.complete" $(DATA_DIR)/*.gz \
 	  | sha256sum | cut -c1-32); \
 	have=$$($(DOCKER) image inspect -f '{{index .Config.Labels "smtrain.inputs"}}' $(ARTIFACTS_CPU) 2>/dev/null || true); \
 	if [ "$$have" = "$$key" ]; then echo "$(ARTIFACTS_CPU) is up to date"; exit 0; fi; \
 	rm -rf "$(DOCKER_WORK)/cpu"; mkdir -p "$(DOCKER_WORK)/cpu"; \
-	docker/gather.sh cpu "$(DOCKER_WORK)/cpu/out" "$(BIN)" "$(TORCH_SITE)" "$(DATA_DIR)"; \
+	docker/gather.sh cpu "$(DOCKER_WORK)/cpu/out" "$(BIN)" "$(TORCH_SITE)" "$(DATA_DIR)" "$(INIT_BIN)"; \
 	tar --numeric-owner --owner=0 --group=0 -C "$(DOCKER_WORK)/cpu" -c out \
 	  | $(DOCKER) import --change "LABEL smtrain.inputs=$$key" - $(ARTIFACTS_CPU); \
 	rm -rf "$(DOCKER_WORK)/cpu"
@@ -103,7 +114,7 @@ docker-image-cuda: docker-image $(CUDA_TORCH_SITE)/.complete
 	have=$$($(DOCKER) image inspect -f '{{index .Config.Labels "smtrain.inputs"}}' $(ARTIFACTS_CUDA) 2>/dev/null || true); \
 	if [ "$$have" = "$$key" ]; then echo "$(ARTIFACTS_CUDA) is up to date"; exit 0; fi; \
 	rm -rf "$(DOCKER_WORK)/cuda"; mkdir -p "$(DOCKER_WORK)/cuda"; \
-	docker/gather.sh cpu "$(DOCKER_WORK)/cuda/cpu" "$(BIN)" "$(TORCH_SITE)" "$(DATA_DIR)" >/dev/null; \
+	docker/gather.sh cpu "$(DOCKER_WORK)/cuda/cpu" "$(BIN)" "$(TORCH_SITE)" "$(DATA_DIR)" "$(INIT_BIN)" >/dev/null; \
 	docker/gather.sh cuda "$(DOCKER_WORK)/cuda/out" "$(CUDA_TORCH_SITE)" "$(DOCKER_WORK)/cuda/cpu/cpu"; \
 	tar --numeric-owner --owner=0 --group=0 -C "$(DOCKER_WORK)/cuda" -c out \
 	  | $(DOCKER) import --change "LABEL smtrain.inputs=$$key" - $(ARTIFACTS_CUDA); \

@@ -3,9 +3,10 @@
 # the image: both routes use it (the Dockerfile's build stages, and `make docker-image` from what
 # was built on the host), so the two cannot drift apart.
 #
-#   gather.sh cpu  OUT BIN TORCH_SITE DATA_DIR
+#   gather.sh cpu  OUT BIN TORCH_SITE DATA_DIR INIT
 #       /opt/smtrain/train            the binary (debug info stripped); its run path is $ORIGIN/lib
-#       /opt/smtrain/smtrain-init     the entry point in front of it (BIN's folder's smtrain-init)
+#       /opt/smtrain/smtrain-init     INIT, the entry point in front of it: statically linked, or
+#                                     refused (see src/bin/smtrain-init.rs)
 #       /opt/smtrain/lib/             the libraries it loads, found by following DT_NEEDED from the
 #                                     binary through TORCH_SITE (torch/lib, nvidia/*/lib)
 #       /usr/local/bin/train          a link to it, for `--entrypoint train` and PATH
@@ -82,7 +83,7 @@ copy_lib() {
 variant=${1:?usage: gather.sh cpu|cuda ...}
 case $variant in
   cpu)
-    out=${2:?OUT} bin=${3:?BIN} site=${4:?TORCH_SITE} data=${5:?DATA_DIR}
+    out=${2:?OUT} bin=${3:?BIN} site=${4:?TORCH_SITE} data=${5:?DATA_DIR} init=${6:?INIT}
     [[ -x $bin ]] || die "no binary at $bin"
     root=$out/cpu
     rm -rf "$root"
@@ -92,8 +93,12 @@ case $variant in
     mapfile -t libs <<<"$found"
     [[ -n $found ]] || die "$bin needs no library from $site: was it built against it?"
     for l in "${libs[@]}"; do copy_lib "$l" "$root/opt/smtrain/lib"; done
-    init=$(dirname "$bin")/smtrain-init
-    [[ -x $init ]] || die "no $init beside $bin (cargo build builds both)"
+    [[ -x $init ]] || die "no entry point at $init"
+    # A loader would run before the entry point blocks the stop signals, and PID 1 drops a
+    # signal it has no handler for.
+    if readelf -lW "$init" | grep -q INTERP; then
+      die "$init is linked dynamically; link it statically (cargo rustc --bin smtrain-init -- -C target-feature=+crt-static -C relocation-model=static)"
+    fi
     for b in "$bin:train" "$init:smtrain-init"; do
       cp "${b%%:*}" "$root/opt/smtrain/${b##*:}"
       strip --strip-debug "$root/opt/smtrain/${b##*:}"

@@ -6,8 +6,11 @@
 //! `.preinit_array`, before libtorch's initialisers), but the kernel's exec and the dynamic
 //! loader's mapping of libtorch come before that instruction: about 20 ms. A blocked signal is
 //! never dropped: it stays pending across exec until `train`, its handler installed, unblocks
-//! it. This program loads nothing but libc, blocks the signals before `main`, and does nothing
-//! else, so what is left is its own start, a fraction of a millisecond.
+//! it. This program blocks the signals before `main` and does nothing else. The image links it
+//! statically (`make docker-init`): a dynamic one would first have the loader open, map and
+//! relocate libc, which takes milliseconds when the image's files are not yet in the page cache,
+//! as on a container's first start. What is left is the kernel's exec and the C library's start,
+//! microseconds in memory.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
