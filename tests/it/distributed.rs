@@ -195,24 +195,35 @@ fn a_host_that_never_comes_is_named() {
     assert!(!worker.job.path("model/model.safetensors").exists());
 }
 
-#[test]
-fn a_host_that_dies_fails_the_other_promptly() {
+/// A two-rank job in which `upset` is done to the worker after the master's first epoch: how
+/// long the master took to fail after it, and its failure line. The master must exit 2 with an
+/// InternalError that points at the other host, and write no model.
+fn master_fails_after(upset: impl FnOnce(&mut Rank), timeout: &str) -> (Duration, String) {
     let (port, hosts) = (free_port(), hosts(2));
-    let hp = [("epochs", "10000"), ("checkpoint_interval", "0")];
+    let hp = [("epochs", "10000"), ("checkpoint_interval", "0"), ("distributed_timeout", timeout)];
     let mut master = Rank::start(rank_job(&hp, port, &hosts, 0));
     let mut worker = Rank::start(rank_job(&hp, port, &hosts, 1));
     master.wait_for_log("epoch done", Duration::from_secs(120));
-    worker.child.kill().unwrap();
-    worker.child.wait().unwrap();
-    let killed = Instant::now();
+    upset(&mut worker);
+    let at = Instant::now();
     let code = master.wait(Duration::from_secs(60));
-    let after = killed.elapsed();
+    let after = at.elapsed();
     assert_eq!(code, 2, "{}", master.stderr());
-    assert!(after < Duration::from_secs(10), "the master noticed after {after:?}");
     let failure = master.job.failure().unwrap();
     assert!(failure.starts_with("InternalError:"), "{failure}");
     assert!(failure.contains("another host probably stopped"), "{failure}");
     assert!(!master.job.path("model/model.safetensors").exists());
+    (after, failure)
+}
+
+#[test]
+fn a_host_that_dies_fails_the_other_promptly() {
+    let kill = |worker: &mut Rank| {
+        worker.child.kill().unwrap();
+        worker.child.wait().unwrap();
+    };
+    let (after, _) = master_fails_after(kill, "300");
+    assert!(after < Duration::from_secs(10), "the master noticed after {after:?}");
 }
 
 /// A host that stops answering without closing its connections (frozen here with SIGSTOP; a
@@ -220,28 +231,19 @@ fn a_host_that_dies_fails_the_other_promptly() {
 /// the heartbeat has been silent for 15 s, long before the distributed_timeout of 600 s.
 #[test]
 fn a_host_that_goes_silent_fails_the_other_within_the_heartbeat_limit() {
-    let (port, hosts) = (free_port(), hosts(2));
-    let hp = [("epochs", "10000"), ("checkpoint_interval", "0"), ("distributed_timeout", "600")];
-    let mut master = Rank::start(rank_job(&hp, port, &hosts, 0));
-    let worker = Rank::start(rank_job(&hp, port, &hosts, 1));
-    master.wait_for_log("epoch done", Duration::from_secs(120));
-    // SAFETY: signalling a child we own; dropping `worker` kills it, stopped or not.
-    assert_eq!(unsafe { libc::kill(worker.child.id() as i32, libc::SIGSTOP) }, 0);
-    let frozen = Instant::now();
-    let code = master.wait(Duration::from_secs(60));
-    let after = frozen.elapsed();
-    assert_eq!(code, 2, "{}", master.stderr());
+    let freeze = |worker: &mut Rank| {
+        // SAFETY: signalling a child we own; dropping the Rank kills it, stopped or not.
+        let sent = unsafe { libc::kill(worker.child.id() as i32, libc::SIGSTOP) };
+        assert_eq!(sent, 0);
+    };
+    let (after, failure) = master_fails_after(freeze, "600");
     let limit = Duration::from_secs(15);
     assert!(after >= limit - Duration::from_secs(1), "noticed after {after:?}");
     assert!(after < limit + Duration::from_secs(10), "noticed after {after:?}");
-    let failure = master.job.failure().unwrap();
-    assert!(failure.starts_with("InternalError:"), "{failure}");
     assert!(
         failure.contains("127.0.0.2 (rank 1) is gone: it sent no heartbeat for 15 s"),
         "{failure}"
     );
-    assert!(failure.contains("another host probably stopped"), "{failure}");
-    assert!(!master.job.path("model/model.safetensors").exists());
 }
 
 #[test]

@@ -604,25 +604,41 @@ fn two_hosts_on_a_private_network_train_together() {
     assert_eq!(card["data"]["train"]["samples"], 1000);
 }
 
-#[test]
-#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
-fn killing_one_host_fails_the_other_promptly() {
+/// A two-host job in which `upset` is done to algo-2 (given the cluster) after algo-1's first
+/// epoch: how long algo-1 took to fail after it, and its failure line. algo-1 must exit 2 with
+/// an InternalError that points at the other host, and write no model.
+fn first_host_fails_after(upset: impl Fn(&Cluster), timeout: &str) -> (Duration, String) {
     let image = image();
     let model = tempfile::tempdir().unwrap();
-    let hp = [("epochs", "100000"), ("threads", "1"), ("checkpoint_interval", "0")];
+    let hp = [
+        ("epochs", "100000"),
+        ("threads", "1"),
+        ("checkpoint_interval", "0"),
+        ("distributed_timeout", timeout),
+    ];
     let cluster = Cluster::start(&image, &hp, model.path());
     cluster.containers[0].wait_for_log("epoch done", Duration::from_secs(120));
-    let killed = docker(&["kill", cluster.containers[1].name()]);
-    assert!(killed.status.success(), "{}", text(&killed.stderr));
+    upset(&cluster);
     let at = Instant::now();
     let code = cluster.containers[0].wait();
     let after = at.elapsed();
     assert_eq!(code, 2, "{:?}", cluster.containers[0].logs());
-    assert!(after < Duration::from_secs(30), "algo-1 noticed after {after:?}");
     let failure = cluster.jobs[0].failure().unwrap();
     assert!(failure.starts_with("InternalError:"), "{failure}");
     assert!(failure.contains("another host probably stopped"), "{failure}");
     assert!(!model.path().join("model.safetensors").exists());
+    (after, failure)
+}
+
+#[test]
+#[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
+fn killing_one_host_fails_the_other_promptly() {
+    let kill = |cluster: &Cluster| {
+        let killed = docker(&["kill", cluster.containers[1].name()]);
+        assert!(killed.status.success(), "{}", text(&killed.stderr));
+    };
+    let (after, _) = first_host_fails_after(kill, "300");
+    assert!(after < Duration::from_secs(30), "algo-1 noticed after {after:?}");
 }
 
 /// A host cut off from the network (its interface gone): no connection closes and nothing more
@@ -631,33 +647,19 @@ fn killing_one_host_fails_the_other_promptly() {
 #[test]
 #[ignore = "needs a Docker engine and the smtrain image: `make test` builds it and runs these"]
 fn a_host_cut_off_from_the_network_fails_the_other_within_the_heartbeat_limit() {
-    let image = image();
-    let model = tempfile::tempdir().unwrap();
-    let hp = [
-        ("epochs", "100000"),
-        ("threads", "1"),
-        ("checkpoint_interval", "0"),
-        ("distributed_timeout", "600"),
-    ];
-    let cluster = Cluster::start(&image, &hp, model.path());
-    cluster.containers[0].wait_for_log("epoch done", Duration::from_secs(120));
-    let cut =
-        docker(&["network", "disconnect", "--force", &cluster.net.0, cluster.containers[1].name()]);
-    assert!(cut.status.success(), "{}", text(&cut.stderr));
-    let at = Instant::now();
-    let code = cluster.containers[0].wait();
-    let after = at.elapsed();
-    assert_eq!(code, 2, "{:?}", cluster.containers[0].logs());
+    let cut = |cluster: &Cluster| {
+        let name = cluster.containers[1].name();
+        let cut = docker(&["network", "disconnect", "--force", &cluster.net.0, name]);
+        assert!(cut.status.success(), "{}", text(&cut.stderr));
+    };
+    let (after, failure) = first_host_fails_after(cut, "600");
     let limit = Duration::from_secs(15);
     assert!(after >= limit - Duration::from_secs(1), "algo-1 noticed after {after:?}");
     assert!(after < limit + Duration::from_secs(10), "algo-1 noticed after {after:?}");
-    let failure = cluster.jobs[0].failure().unwrap();
-    assert!(failure.starts_with("InternalError:"), "{failure}");
     assert!(
         failure.contains("algo-2 (rank 1) is gone: it sent no heartbeat for 15 s"),
         "{failure}"
     );
-    assert!(!model.path().join("model.safetensors").exists());
 }
 
 /// `IMAGE serve` as SageMaker hosting runs it: the model mounted at /opt/ml/model, port 8080
