@@ -5,7 +5,7 @@ use smtrain::data::{load_channel, Format};
 use smtrain::plots::{self, Grid, Picture};
 
 use crate::predict::{predict_cmd, Lines};
-use crate::util::{fixture, Job};
+use crate::util::{fixture, Job, OUTPUT_DATA_FILES};
 
 fn output_files(job: &Job) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(job.path("output/data"))
@@ -70,17 +70,7 @@ fn assert_grid_shows(
 fn a_job_writes_an_evaluation_and_plots_that_agree_with_its_metrics_and_data() {
     let job = Job::small(&[("epochs", "2"), ("seed", "5")]);
     job.run().ok();
-    assert_eq!(
-        output_files(&job),
-        [
-            "confusion.png",
-            "evaluation.json",
-            "model_quality.json",
-            "predictions.png",
-            "samples.png",
-            "training.png"
-        ]
-    );
+    assert_eq!(output_files(&job), OUTPUT_DATA_FILES);
     let metrics = job.json("model/metrics.json");
     let eval = job.json("output/data/evaluation.json");
     let card = job.json("model/model.json");

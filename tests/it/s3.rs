@@ -19,7 +19,7 @@ use smtrain::state::DeviceData;
 use smtrain::train::evaluate;
 use tch::Device;
 
-use crate::util::{fixture, Job, Run, Started};
+use crate::util::{fixture, Job, Run, Started, OUTPUT_DATA_FILES};
 use server::{BreakingProxy, Fault, Keys, Server};
 
 const FASHION: &str = "/usr/share/datasets/fashion-mnist";
@@ -176,17 +176,7 @@ fn real_fashion_mnist_round_trip_through_s3() {
     assert_eq!(files_under(back.path()), ["metrics.json", "model.json", "model.safetensors"]);
     let data = tempfile::tempdir().unwrap();
     unpack(&s.get("artifacts", "runs/e2e-job/output/output.tar.gz").unwrap(), data.path());
-    assert_eq!(
-        files_under(data.path()),
-        [
-            "confusion.png",
-            "evaluation.json",
-            "model_quality.json",
-            "predictions.png",
-            "samples.png",
-            "training.png"
-        ]
-    );
+    assert_eq!(files_under(data.path()), OUTPUT_DATA_FILES);
     let reported: serde_json::Value =
         serde_json::from_slice(&std::fs::read(back.path().join("metrics.json")).unwrap()).unwrap();
     assert_eq!(reported, job.json("model/metrics.json"));

@@ -7,6 +7,27 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_train");
 
+/// What `output/data` holds after a job with test data, sorted.
+pub const OUTPUT_DATA_FILES: [&str; 6] = [
+    "confusion.png",
+    "evaluation.json",
+    "model_quality.json",
+    "predictions.png",
+    "samples.png",
+    "training.png",
+];
+
+/// A host that `lost` in a multi-host job was noticed `after` the heartbeat's 15 s of silence
+/// (not before, and not long after), and the `failure` line names it.
+pub fn assert_noticed_by_the_heartbeat(after: std::time::Duration, failure: &str, lost: &str) {
+    let limit = std::time::Duration::from_secs(15);
+    let second = std::time::Duration::from_secs(1);
+    assert!(after >= limit - second, "noticed after {after:?}");
+    assert!(after < limit + 10 * second, "noticed after {after:?}");
+    let reason = format!("{lost} is gone: it sent no heartbeat for 15 s");
+    assert!(failure.contains(&reason), "{failure}");
+}
+
 /// The small slice of real Fashion-MNIST in `tests/fixtures` (see `make_fixtures.py`).
 pub fn fixture(channel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmnist-small").join(channel)
